@@ -1,0 +1,5 @@
+import sys
+
+from snnl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,13 @@
+"""Exceptions that carry a message meant for the user (CLI: one line on stderr, exit 2)."""
+
+
+class SnnlError(Exception):
+    """Base class: the message names what was given and what was expected."""
+
+
+class InputError(SnnlError, ValueError):
+    """A data file, array or argument that does not fit (missing key, wrong shape, NaN)."""
+
+
+class RepositoryError(SnnlError):
+    """A model repository entry that is missing, malformed or tampered with."""
