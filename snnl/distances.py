@@ -59,7 +59,7 @@ def pairwise_distances_prepared(
 def pairwise_distances(
     query: torch.Tensor, reference: torch.Tensor, distance: Distance = "cosine"
 ) -> torch.Tensor:
-    """Distances (B, N) from each of the B query rows (B, d) to each of the N reference rows (N, d)."""
+    """Distances (B, N) from each query row (B, d) to each reference row (N, d)."""
     check_distance(distance)
     return pairwise_distances_prepared(
         prepare(query, distance), prepare(reference, distance), distance
