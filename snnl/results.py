@@ -1,0 +1,118 @@
+"""``ScoreResult``: the scores of a batch, as numpy arrays, sliceable and concatenable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+STAGES: tuple[str, ...] = ("forward", "neighbors", "calibrate")
+_PER_SAMPLE = (
+    "prediction",
+    "confidence",
+    "nonconformity",
+    "p_value",
+    "outlier",
+    "soft_neighbor_score",
+    "same_class_neighbors",
+    "layer_p_value",
+    "neighbor_ids",
+)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of B samples over the L served ``layers`` (SPEC §2, §4).
+
+    prediction (B,) int64; confidence, nonconformity, p_value (B,) float64; outlier (B,) bool;
+    soft_neighbor_score, layer_p_value (B, L) float64; same_class_neighbors (B, L) int64;
+    neighbor_ids (B, L, m) int64 or None; ``alpha`` the flag level used; ``timings`` seconds spent
+    per stage (forward, neighbors, calibrate) on the whole batch.
+    """
+
+    layers: tuple[str, ...]
+    class_names: tuple[str, ...]
+    prediction: np.ndarray
+    confidence: np.ndarray
+    nonconformity: np.ndarray
+    p_value: np.ndarray
+    outlier: np.ndarray
+    soft_neighbor_score: np.ndarray
+    same_class_neighbors: np.ndarray
+    layer_p_value: np.ndarray
+    neighbor_ids: np.ndarray | None
+    alpha: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.prediction.shape[0])
+
+    def __getitem__(self, index: slice) -> ScoreResult:
+        """Rows ``index`` (a slice) of every per-sample array; timings stay the batch's."""
+        if not isinstance(index, slice):
+            raise TypeError(f"ScoreResult supports slices only, got {type(index).__name__}")
+        return replace(
+            self,
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[index]
+                for name in _PER_SAMPLE
+            },
+        )
+
+    @classmethod
+    def concatenate(cls, results: Sequence[ScoreResult]) -> ScoreResult:
+        """Rows of ``results`` in order (same layers, classes, alpha); timings are summed."""
+        if not results:
+            raise ValueError("concatenate needs at least one ScoreResult")
+        first = results[0]
+        for other in results[1:]:
+            if (other.layers, other.class_names, other.alpha) != (
+                first.layers,
+                first.class_names,
+                first.alpha,
+            ):
+                raise ValueError("results to concatenate differ in layers, classes or alpha")
+            if (other.neighbor_ids is None) != (first.neighbor_ids is None) or (
+                other.neighbor_ids is not None
+                and first.neighbor_ids is not None
+                and other.neighbor_ids.shape[2] != first.neighbor_ids.shape[2]
+            ):
+                raise ValueError("results to concatenate differ in the number of neighbor ids")
+        arrays: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in _PER_SAMPLE:
+                parts = [getattr(r, f.name) for r in results]
+                arrays[f.name] = None if parts[0] is None else np.concatenate(parts)
+        timings = {s: sum(r.timings.get(s, 0.0) for r in results) for s in first.timings}
+        return replace(first, timings=timings, **arrays)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per sample, the SPEC §5 "results" item (plain Python types, JSON-ready)."""
+        records = []
+        for i in range(len(self)):
+            layers = []
+            for j, name in enumerate(self.layers):
+                layer: dict[str, Any] = {
+                    "name": name,
+                    "soft_neighbor_score": float(self.soft_neighbor_score[i, j]),
+                    "same_class_neighbors": int(self.same_class_neighbors[i, j]),
+                    "p_value": float(self.layer_p_value[i, j]),
+                }
+                if self.neighbor_ids is not None:
+                    layer["neighbors"] = self.neighbor_ids[i, j].tolist()
+                layers.append(layer)
+            prediction = int(self.prediction[i])
+            records.append(
+                {
+                    "prediction": prediction,
+                    "label": self.class_names[prediction],
+                    "confidence": float(self.confidence[i]),
+                    "nonconformity": float(self.nonconformity[i]),
+                    "p_value": float(self.p_value[i]),
+                    "outlier": bool(self.outlier[i]),
+                    "layers": layers,
+                }
+            )
+        return records

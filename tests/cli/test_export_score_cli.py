@@ -1,0 +1,137 @@
+"""train -> export -> score (and index -> score) through the real ``snnl`` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snnl.cli import main
+
+
+def _snnl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "snnl.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    done = _snnl("train", "--data", "digits", "--epochs", "1", "--out", "run", cwd=root)
+    assert done.returncode == 0, done.stderr
+    done = _snnl(
+        "export", "run", "--repository", "models", "--name", "digits", "--created",
+        "2024-01-01T00:00:00Z", "--reference-dtype", "float16", cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "exported digits version 1" in done.stdout
+    split = np.load(root / "run" / "split.npz")
+    np.savez(root / "test.npz", x=split["x_test"][:40])
+    return root
+
+
+def test_score_writes_one_json_object_per_sample(workdir: Path) -> None:
+    done = _snnl("score", "--repository", "models", "--model", "digits", "test.npz", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == 40
+    assert set(records[0]) == {
+        "prediction",
+        "label",
+        "confidence",
+        "nonconformity",
+        "p_value",
+        "outlier",
+        "layers",
+    }
+    assert [layer["name"] for layer in records[0]["layers"]] == ["fc1", "fc2", "fc3"]
+    assert "scored 40 samples" in done.stderr
+    done = _snnl(
+        "score", "--repository", "models", "--model", "digits", "test.npz", "--out", "out.jsonl",
+        "--neighbors", "2", "--alpha", "0.2", "--batch-size", "7", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr and done.stdout == ""
+    lines = (workdir / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len(json.loads(lines[0])["layers"][0]["neighbors"]) == 2
+    assert [json.loads(line)["prediction"] for line in lines] == [r["prediction"] for r in records]
+
+
+def test_index_then_score_embeddings(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process (the same code as the command, without another interpreter start)."""
+    monkeypatch.chdir(workdir)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=200)
+    x = rng.normal(size=(200, 4)).astype(np.float32) + y[:, None]
+    np.savez(workdir / "emb.npz", x=x, y=y)
+    assert main(["index", "emb.npz", "--repository", "models", "--name", "enc"]) == 0
+    assert "indexed enc" in capsys.readouterr().out
+    assert main(["score", "--repository", "models", "--model", "enc", "emb.npz"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 200 and json.loads(lines[0])["layers"][0]["name"] == "embedding"
+
+
+SCORE = ("score", "--repository", "models", "--model")
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, (*SCORE, "digits", "absent.npz"), "no such data file"),
+        ({"z": np.zeros((2, 64), np.float32)}, (*SCORE, "digits", "bad.npz"), "missing key 'x'"),
+        (
+            {"x": np.zeros((2, 63), np.float32)},
+            (*SCORE, "digits", "bad.npz"),
+            "expected shape (B, 64)",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(
+    workdir: Path, setup: dict[str, np.ndarray] | None, args: tuple[str, ...], message: str
+) -> None:
+    if setup is not None:
+        np.savez(workdir / "bad.npz", **setup)
+    done = _snnl(*args, cwd=workdir)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((*SCORE, "digits", "garbage.npz"), "not a readable .npz"),
+        ((*SCORE, "nope", "test.npz"), "no model 'nope'"),
+        ((*SCORE, "digits", "test.npz", "--neighbors", "-1"), "neighbors: expected"),
+        (("export", "models", "--repository", "models", "--name", "x"), "config.json not found"),
+        (("export", "run", "--repository", "models", "--name", "../x"), "is invalid"),
+        (
+            ("export", "run", "--repository", "models", "--name", "x", "--temperature-rule", "hot"),
+            "temperature rule",
+        ),
+        (("index", "test.npz", "--repository", "models", "--name", "x"), "missing key 'y'"),
+    ],
+)
+def test_more_errors_in_process(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    message: str,
+) -> None:
+    monkeypatch.chdir(workdir)
+    (workdir / "garbage.npz").write_bytes(b"not a zip")
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
