@@ -1,12 +1,58 @@
-"""snnl: the Soft Nearest Neighbor Loss, SNNL training, and soft-neighbor OOD detection."""
+"""snnl: the Soft Nearest Neighbor Loss, SNNL training, and soft-neighbor OOD detection.
 
-from snnl.distances import pairwise_distances
-from snnl.functional import soft_nearest_neighbor_loss
+Public names are imported on first use, so ``import snnl`` (and every ``snnl`` command) loads
+only what it needs: ``snnl train`` never loads ONNX Runtime, ``snnl score`` never loads the
+training code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_PUBLIC: dict[str, str] = {
+    "Detector": "snnl.detector",
+    "LayerTaps": "snnl.taps",
+    "SNNLoss": "snnl.loss",
+    "ScoreResult": "snnl.results",
+    "entanglement": "snnl.temperature",
+    "optimal_temperature": "snnl.temperature",
+    "pairwise_distances": "snnl.distances",
+    "soft_nearest_neighbor_loss": "snnl.functional",
+}
+
 __all__ = [
+    "Detector",
+    "LayerTaps",
+    "SNNLoss",
+    "ScoreResult",
     "__version__",
+    "entanglement",
+    "optimal_temperature",
     "pairwise_distances",
     "soft_nearest_neighbor_loss",
 ]
+
+if TYPE_CHECKING:
+    from snnl.detector import Detector
+    from snnl.distances import pairwise_distances
+    from snnl.functional import soft_nearest_neighbor_loss
+    from snnl.loss import SNNLoss
+    from snnl.results import ScoreResult
+    from snnl.taps import LayerTaps
+    from snnl.temperature import entanglement, optimal_temperature
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'snnl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

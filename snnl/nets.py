@@ -1,0 +1,158 @@
+"""Reference architectures with named hidden layers: an MLP and a small 1-D CNN.
+
+Every net built here has the same contract (the run directory and the ONNX export rely on it):
+
+* a first submodule ``standardize`` (:class:`Standardize`, buffers ``mean``/``std``), so the
+  net takes raw samples (B, *input_shape) and standardization is part of the graph;
+* ``hidden_layers: tuple[str, ...]``: names of submodules whose *outputs* are the hidden
+  representations (post-ReLU), the last one being the penultimate layer;
+* ``forward(x) -> logits`` (B, num_classes), plain ops only (no data-dependent control flow).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnl.errors import InputError
+
+ARCHS: tuple[str, ...] = ("mlp", "cnn1d")
+
+
+class Standardize(nn.Module):
+    """x -> (x - mean) / std, elementwise with buffers of shape ``input_shape``."""
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(*input_shape))
+        self.register_buffer("std", torch.ones(*input_shape))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, min_std: float = 1e-6) -> None:
+        """Set mean/std to the per-feature statistics of ``x`` (N, *input_shape).
+
+        Features with std below ``min_std`` (e.g. always-zero pixels) get std 1.
+        """
+        mean = x.mean(dim=0)
+        std = x.std(dim=0, unbiased=False)
+        std = torch.where(std < min_std, torch.ones_like(std), std)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(std.to(self.std.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Dense(nn.Sequential):
+    """Linear followed by ReLU; its output is one hidden representation."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(nn.Linear(in_features, out_features), nn.ReLU())
+
+
+class ConvBlock(nn.Sequential):
+    """Conv1d (stride 2, 'same'-style padding) followed by ReLU: (B, C, L) -> (B, C', ceil(L/2))."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(
+            nn.Conv1d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2),
+            nn.ReLU(),
+        )
+
+
+class MLP(nn.Module):
+    """Standardize -> fc1 -> ... -> fcK (Linear+ReLU) -> head (Linear to logits).
+
+    Input (B, *input_shape) is flattened to (B, prod(input_shape)).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128, 64),
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise InputError("mlp: hidden must list at least one layer width")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.standardize = Standardize(self.input_shape)
+        widths = [math.prod(self.input_shape), *(int(h) for h in hidden)]
+        names = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=1):
+            self.add_module(f"fc{i}", Dense(n_in, n_out))
+            names.append(f"fc{i}")
+        self.hidden_layers: tuple[str, ...] = tuple(names)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.standardize(x).flatten(1)
+        for name in self.hidden_layers:
+            h = getattr(self, name)(h)
+        return self.head(h)
+
+
+class CNN1d(nn.Module):
+    """Standardize -> conv1 -> conv2 (Conv1d stride 2 + ReLU) -> flatten -> fc1 -> head.
+
+    ``input_shape`` is (L,) (one channel) or (C, L). Hidden layers: conv1, conv2, fc1 (the
+    penultimate). Each conv halves the length (rounding up).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 32),
+        kernel_size: int = 5,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if len(self.input_shape) not in (1, 2):
+            raise InputError(f"cnn1d: input shape must be (L,) or (C, L), got {self.input_shape}")
+        if len(channels) != 2:
+            raise InputError(f"cnn1d: channels must list 2 widths, got {list(channels)}")
+        in_channels, length = (
+            (1, *self.input_shape) if len(self.input_shape) == 1 else self.input_shape
+        )
+        self._channels_length = (in_channels, length)
+        self.standardize = Standardize(self.input_shape)
+        self.conv1 = ConvBlock(in_channels, int(channels[0]), kernel_size)
+        self.conv2 = ConvBlock(int(channels[0]), int(channels[1]), kernel_size)
+        out_length = math.ceil(math.ceil(length / 2) / 2)
+        self.fc1 = Dense(int(channels[1]) * out_length, int(hidden))
+        self.head = nn.Linear(int(hidden), num_classes)
+        self.hidden_layers: tuple[str, ...] = ("conv1", "conv2", "fc1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.standardize(x).reshape(-1, *self._channels_length)
+        h = self.conv2(self.conv1(h))
+        return self.head(self.fc1(h.flatten(1)))
+
+
+def build_net(
+    arch: str, input_shape: Sequence[int], num_classes: int, **net_kwargs: Any
+) -> nn.Module:
+    """The net ``arch`` ("mlp" | "cnn1d") for inputs (B, *input_shape) and ``num_classes`` logits.
+
+    ``net_kwargs`` (JSON-compatible, stored in a run's config.json) go to the constructor:
+    mlp: ``hidden``; cnn1d: ``channels``, ``kernel_size``, ``hidden``.
+    """
+    if num_classes < 2:
+        raise InputError(f"num_classes must be at least 2, got {num_classes}")
+    if arch == "mlp":
+        cls: type[nn.Module] = MLP
+    elif arch == "cnn1d":
+        cls = CNN1d
+    else:
+        raise InputError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    try:
+        return cls(input_shape, num_classes, **net_kwargs)
+    except TypeError as err:
+        raise InputError(f"{arch}: bad net_kwargs {net_kwargs}: {err}") from err

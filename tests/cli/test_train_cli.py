@@ -1,0 +1,141 @@
+"""``snnl train`` through the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SNNL = str(Path(sys.executable).with_name("snnl"))
+HISTORY_FIELDS = {"epoch", "loss", "train_accuracy", "test_accuracy", "entanglement", "temperature"}
+
+
+def snnl(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [SNNL, *args], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+
+
+def train(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return snnl(
+        "train",
+        "--data",
+        "digits",
+        "--classes",
+        "1,3,5,7",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("cli_train")
+    first = train(root / "a")
+    assert first.returncode == 0, first.stderr
+    second = train(root / "b")
+    assert second.returncode == 0, second.stderr
+    return root / "a", root / "b", first.stdout
+
+
+def test_writes_the_run_directory(two_runs: tuple[Path, Path, str]) -> None:
+    run, _, stdout = two_runs
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "split.npz",
+        "history.jsonl",
+        "entanglement.png",
+    ):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == [1, 3, 5, 7] and config["class_names"] == ["1", "3", "5", "7"]
+    assert config["num_classes"] == 4 and config["epochs"] == 3
+    with np.load(run / "split.npz", allow_pickle=False) as split:
+        assert set(np.unique(split["y_train"])) == {0, 1, 2, 3}
+    records = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert set(record) >= HISTORY_FIELDS
+        assert set(record["entanglement"]) == set(record["temperature"]) == {"fc1", "fc2", "fc3"}
+    # One line per epoch on stdout with the loss, accuracies and each layer's entanglement.
+    epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    assert f"test_accuracy {records[-1]['test_accuracy']:.4f}" in epoch_lines[-1]
+    assert "fc1=" in epoch_lines[-1] and "fc3=" in epoch_lines[-1]
+
+
+def test_same_seed_same_run(two_runs: tuple[Path, Path, str]) -> None:
+    a, b, _ = two_runs
+    assert (a / "history.jsonl").read_text() == (b / "history.jsonl").read_text()
+    assert (a / "config.json").read_text() == (b / "config.json").read_text()
+    weights_a, weights_b = (
+        load_file(str(a / "model.safetensors")),
+        load_file(str(b / "model.safetensors")),
+    )
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--data", "missing.npz"], "missing.npz"),
+        (["--data", "digits", "--temperature", "warm"], "--temperature"),
+        (["--data", "BADFILE"], "missing key 'y'"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 2), dtype=np.float32))  # no labels
+    args = [str(bad) if a == "BADFILE" else a for a in args]
+    result = snnl("train", *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--classes", "0,42"], "[42]"),
+        (["--classes", "a,b"], "--classes"),
+        (["--epochs", "x"], "--epochs"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--batch-size", "1"], "--batch-size"),
+        (["--lr", "0"], "--lr"),
+        (["--factor", "nan"], "--factor"),
+        (["--test-fraction", "0.9"], "fraction"),
+        (["--distance", "manhattan"], "--distance"),
+        (["--threads", "0"], "--threads"),
+        (["--snnl-layers", "fc1,conv9"], "conv9"),
+    ],
+)
+def test_bad_options_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    """The same dispatcher in-process (fast): one line on stderr, exit 2, nothing written."""
+    from snnl.cli import main
+
+    try:
+        code = main(["train", "--data", "digits", *args, "--out", str(tmp_path / "run")])
+    except SystemExit as exit_:  # argparse rejects a malformed value itself
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], captured.err
+    assert not (tmp_path / "run").exists()
