@@ -1,0 +1,244 @@
+"""OOD study (issue 3, item 8): the soft-neighbor detector against MSP, energy, Mahalanobis, KNN.
+
+For digits (MLP) and mnist1d (1-D CNN), trained on classes 0-4 with SNNL factor 0, -10 and +1:
+train -> export (the product's defaults) -> evaluate on the run's test split (ID) against six OOD
+sets made from data the model never saw:
+
+    classes   the held-out classes 5-9 (all samples of the dataset)
+    noise     500 uniform samples over the training data's value range
+    invert    the ID test samples, x' = lo + hi - x
+    scale4    the ID test samples times 4
+    permute   each ID test sample's features in random order
+    shift     the ID test samples + 0.5 (hi - lo)
+
+Then ablations of the served soft-neighbor score (temperature rule, served layers) and of the
+soft-neighbor mass detector (geometries). Everything is fitted on in-distribution data only.
+
+    .venv/bin/python bench/ood_study.py --work runs/ood_study --json bench/results/ood_study.json
+
+Prints markdown tables. One torch thread; about 3-4 minutes for one seed on the 2-core dev
+machine (training dominates; runs already in --work are reused, exports are redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snnl.data import Split, load_dataset
+from snnl.detector import Detector
+from snnl.evaluate import evaluate
+from snnl.export import export_run
+from snnl.neighbor_mass import GEOMETRIES, SoftNeighborMass
+from snnl.ood_metrics import ood_metrics
+from snnl.ood_sets import transform, uniform_noise
+from snnl.run import SPLIT_FILE
+from snnl.train import TrainSettings, train
+
+SETUPS: dict[str, dict[str, object]] = {  # as bench/train_factors.py
+    "digits": {"arch": "mlp", "epochs": 30, "lr": 1e-3},
+    "mnist1d": {"arch": "cnn1d", "epochs": 40, "lr": 3e-3},
+}
+FACTORS = (0.0, -10.0, 1.0)
+IN_CLASSES = [0, 1, 2, 3, 4]
+OUT_CLASSES = [5, 6, 7, 8, 9]
+CREATED = "2024-01-01T00:00:00Z"
+# Served soft-neighbor variants: (tag, temperature rule, first layer only).
+# The served default (all layers, the default rule) is the main table's soft_neighbor row.
+VARIANTS = (
+    ("default-first", None, True),
+    ("ppl30-all", "perplexity:30", False),
+    ("minsnnl-all", "min-snnl", False),
+    ("T0.1-all", "0.1", False),
+    ("T1-all", "1.0", False),
+)
+MASS_VARIANTS = (("mass-cos", ("cosine",)), ("mass-euc", ("euclidean",)))
+
+
+def ood_sets(dataset: str, split: Split, seed: int) -> dict[str, np.ndarray]:
+    """The six OOD sets of the module docstring, float32."""
+    x = split.x_test
+    return {
+        "classes": load_dataset(dataset, OUT_CLASSES).x,
+        "noise": uniform_noise(split.x_train, 500, seed=seed + 1),
+        "invert": transform(x, "invert"),
+        "scale4": transform(x, "scale=4"),
+        "permute": transform(x, "permute", seed=seed),
+        "shift": transform(x, "shift=0.5"),
+    }
+
+
+def aurocs(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """{set: AUROC %}."""
+    return {stem: 100 * ood_metrics(id_scores, s).auroc for stem, s in ood_scores.items()}
+
+
+def served_variant(
+    run_dir: Path, work: Path, name: str, rule: str | None, first: bool, x: np.ndarray, sets: dict
+) -> dict[str, float]:
+    """AUROC % of the served soft-neighbor score of a re-export with ``rule`` (None: the
+    default) and, with ``first``, the first hidden layer only."""
+    layers = None
+    if first:
+        layers = [json.loads((run_dir / "config.json").read_text())["hidden_layers"][0]]
+    options = {} if rule is None else {"temperature_rule": rule}
+    export_run(run_dir, work / "models", name, layers=layers, created=CREATED, **options)
+    det = Detector.load(work / "models", name, device="cpu")
+    id_scores = -det.score(x).nonconformity
+    return aurocs(id_scores, {stem: -det.score(s).nonconformity for stem, s in sets.items()})
+
+
+def mass_scorer(
+    det: Detector, geometries: tuple = GEOMETRIES
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Samples (B, *shape) -> soft-neighbor mass scores (B,), fitted on the reference set."""
+    reference = {layer: det.reference_features(layer) for layer in det.layers}
+    mass = SoftNeighborMass(geometries=geometries).fit(reference, det.reference_labels)
+
+    def score(v: np.ndarray) -> np.ndarray:
+        out = det.forward(v)
+        return mass.score(out.features, out.logits.argmax(1))
+
+    return score
+
+
+def mass_flag_rate(det: Detector, split: Split, alpha: float = 0.05) -> float:
+    """Flag rate on the ID test split of the conformal flag built on the mass score, calibrated
+    on the run's calibration split: p = (1 + #{cal <= s}) / (n + 1), flag p < alpha."""
+    score = mass_scorer(det)
+    calibration = np.sort(score(split.x_calibration))
+    p = (1 + np.searchsorted(calibration, score(split.x_test), side="right")) / (
+        len(calibration) + 1
+    )
+    return float(np.mean(p < alpha))
+
+
+def study_one(dataset: str, factor: float, seed: int, work: Path) -> dict[str, object]:
+    """Train (or reuse), export, evaluate and ablate one (dataset, factor, seed)."""
+    name = f"{dataset}-f{factor:g}-s{seed}"
+    run_dir = work / "runs" / name
+    start = time.perf_counter()
+    if not (run_dir / "model.safetensors").is_file():
+        settings = TrainSettings(
+            dataset=dataset, classes=IN_CLASSES, factor=factor, seed=seed, **SETUPS[dataset]
+        )
+        train(settings, run_dir)
+    trained = time.perf_counter()
+    manifest = export_run(run_dir, work / "models", name, created=CREATED)
+    det = Detector.load(work / "models", name, device="cpu")
+    split = Split.load(run_dir / SPLIT_FILE)
+    sets = ood_sets(dataset, split, seed)
+    ev = evaluate(det, split.x_test, split.y_test, sets)
+    table = {
+        detector: {stem: 100 * ev.ood[stem][detector].auroc for stem in sets}
+        for detector in ev.id_scores
+    }
+    for tag, rule, first in VARIANTS:
+        table[f"sn:{tag}"] = served_variant(
+            run_dir, work, f"{name}-{tag}", rule, first, split.x_test, sets
+        )
+    for tag, geometries in MASS_VARIANTS:
+        score = mass_scorer(det, geometries)
+        table[tag] = aurocs(score(split.x_test), {stem: score(s) for stem, s in sets.items()})
+    return {
+        "dataset": dataset,
+        "factor": factor,
+        "seed": seed,
+        "accuracy": ev.accuracy,
+        "flag_false_positive_rate": ev.flag_false_positive_rate,
+        "mass_flag_false_positive_rate": mass_flag_rate(det, split),
+        "temperatures": {layer.name: layer.temperature for layer in manifest.layers},
+        "entanglement": ev.entanglement,
+        "auroc": table,
+        "fpr95": {d: {s: 100 * ev.ood[s][d].fpr95 for s in sets} for d in ev.id_scores},
+        "train_seconds": trained - start,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+MAIN = ("soft_neighbor", "msp", "energy", "mahalanobis", "knn", "soft_neighbor_mass")
+
+
+def main_table(results: list[dict]) -> str:
+    """Per (dataset, factor): AUROC % per OOD set and the mean, for the report's detectors."""
+    stems = list(results[0]["auroc"]["soft_neighbor"])
+    lines = [
+        "| data | factor | acc % | flag FPR % (served, mass) | detector | "
+        + " | ".join(stems)
+        + " | mean |",
+        "|---|---:|---:|---:|---|" + "---:|" * (len(stems) + 1),
+    ]
+    for r in results:
+        base = max(
+            statistics.fmean(r["auroc"][d].values()) for d in MAIN if d != "soft_neighbor_mass"
+        )
+        for d in MAIN:
+            values = [r["auroc"][d][s] for s in stems]
+            mean = statistics.fmean(values)
+            mark = "**" if d == "soft_neighbor_mass" and mean > base else ""
+            lines.append(
+                f"| {r['dataset']} | {r['factor']:g} | {100 * r['accuracy']:.1f} "
+                f"| {100 * r['flag_false_positive_rate']:.1f}, "
+                f"{100 * r['mass_flag_false_positive_rate']:.1f} | {d} | "
+                + " | ".join(f"{v:.1f}" for v in values)
+                + f" | {mark}{mean:.1f}{mark} |"
+            )
+    return "\n".join(lines)
+
+
+def ablation_table(results: list[dict]) -> str:
+    """Mean AUROC % over the OOD sets (and on 'classes') of the variants."""
+    keys = ["soft_neighbor"] + [f"sn:{tag}" for tag, _, _ in VARIANTS]
+    keys += [t for t, _ in MASS_VARIANTS] + ["soft_neighbor_mass"]
+    lines = [
+        "| data | factor | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for r in results:
+        cells = [
+            f"{statistics.fmean(r['auroc'][k].values()):.1f} ({r['auroc'][k]['classes']:.1f})"
+            for k in keys
+        ]
+        lines.append(f"| {r['dataset']} | {r['factor']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/ood_study"))
+    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = []
+    for dataset in args.datasets.split(","):
+        for factor in (float(f) for f in args.factors.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                result = study_one(dataset, factor, seed, args.work)
+                print(
+                    f"{dataset} factor {factor:g} seed {seed}: {result['seconds']:.0f} s",
+                    file=sys.stderr,
+                )
+                results.append(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print("## AUROC % per OOD set\n")
+    print(main_table(results))
+    print("\n## Ablations: mean AUROC % over the six OOD sets (AUROC % on held-out classes)\n")
+    print(ablation_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
