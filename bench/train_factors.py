@@ -6,7 +6,7 @@ markdown table, and optionally the raw numbers as JSON.
 
     .venv/bin/python bench/train_factors.py --json bench/results/train_factors.json
 
-Runs in-process with one torch thread (about 5 minutes on one core).
+Runs in-process with one torch thread (about 5-7 minutes on this shared 2-core machine).
 """
 
 from __future__ import annotations

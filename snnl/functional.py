@@ -34,6 +34,19 @@ def masked_logsumexp(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) ->
     return (result + safe_max).squeeze(dim)
 
 
+def check_temperature(temperature: float | torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is a positive finite number or a one-element
+    tensor (a tensor of several values would silently broadcast over the distance matrix)."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(
+                f"temperature must be a number or a 0-dim tensor, got shape "
+                f"{tuple(temperature.shape)}"
+            )
+    elif not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+
+
 def per_row_snnl(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -57,7 +70,12 @@ def per_row_snnl(
 def per_row_snnl_from_distances(
     distances: torch.Tensor, y: torch.Tensor, temperature: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_row_snnl`` on a precomputed symmetric distance matrix (B, B) (diagonal ignored)."""
+    """``per_row_snnl`` on a precomputed symmetric distance matrix (B, B) (diagonal ignored).
+
+    ``temperature``: a positive finite float, or a one-element tensor (e.g. 0-dim, differentiable)
+    whose positivity is the caller's responsibility (checking it would synchronize a GPU).
+    """
+    check_temperature(temperature)
     logits = -distances / temperature
     not_self = ~torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
     same = (y.unsqueeze(0) == y.unsqueeze(1)) & not_self

@@ -15,7 +15,9 @@ the wrapped model is not changed. Temperature per layer:
                  + sum_l [SNNL_l(h_l.detach(), T_l) - SNNL_l(h_l.detach(), T_l).detach()]
 
   The bracket is 0 in value, so ``total`` is the honest objective, and its gradient reaches
-  theta only, with the SNNL's own sign. T is clamped to [1e-4, 1e4], the stable range.
+  theta only, with the SNNL's own sign. theta is projected onto [-log 1e4, log 1e4] before each
+  use, so T stays in [1e-4, 1e4], the stable range, and can still leave a bound it has reached
+  (clamping T instead would zero theta's gradient there for good).
 
 With factor < 0 (maximizing entanglement) the log-space SNNL is unbounded, so each row's term is
 bounded on purpose: -log(eps + p_i) <= -log(eps), eps = 1e-5 (the cap of Frosst et al.'s code,
@@ -140,7 +142,9 @@ class SNNLoss(nn.Module):
         mode = self.modes[layer]
         if mode == "learned":
             theta = self.log_inverse_temperature[str(self.layers.index(layer))]
-            return torch.exp(-theta).clamp(*TEMPERATURE_RANGE)
+            with torch.no_grad():  # projection onto the stable range; the gradient stays alive
+                theta.clamp_(-math.log(TEMPERATURE_RANGE[1]), -math.log(TEMPERATURE_RANGE[0]))
+            return torch.exp(-theta)
         value = annealed_temperature(self.epoch) if mode == "annealed" else float(mode)
         return torch.tensor(value)
 

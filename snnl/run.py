@@ -51,11 +51,11 @@ class TrainSettings(BaseModel):
     arch: Literal["mlp", "cnn1d"] = "mlp"
     net_kwargs: dict[str, Any] = Field(default_factory=dict)
     snnl_layers: list[str] | None = Field(default=None, min_length=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy/scikit-learn seed range
     factor: float = Field(default=DEFAULT_FACTOR, allow_inf_nan=False)
     temperature: TemperatureSetting = DEFAULT_TEMPERATURE
     distance: Literal["cosine", "euclidean"] = "cosine"
-    epochs: int = Field(default=30, ge=0)
+    epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=2)
     lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     calibration_fraction: float = Field(default=0.15, gt=0, lt=1)

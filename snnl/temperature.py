@@ -29,7 +29,8 @@ def annealed_temperature(epoch: int) -> float:
 
 
 def stratified_subsample(y: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``max_points`` rows, each class kept in proportion."""
+    """Sorted indices of about ``max_points`` rows (all rows if there are no more), each class
+    kept in proportion with at least 2 rows (so a few more than ``max_points`` is possible)."""
     n = len(y)
     if n <= max_points:
         return np.arange(n)

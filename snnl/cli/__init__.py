@@ -51,7 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (SnnlError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+    except (
+        SnnlError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ) as err:
         print(f"snnl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -79,7 +79,10 @@ def add_parser(subparsers: Any) -> None:
         "--factor",
         type=float,
         default=DEFAULT_FACTOR,
-        help=f"SNNL weight; > 0 clusters classes, < 0 entangles them (default {DEFAULT_FACTOR})",
+        help=(
+            f"SNNL weight; > 0 clusters classes, < 0 entangles them, each row's term then "
+            f"bounded at -log(1e-5) (default {DEFAULT_FACTOR})"
+        ),
     )
     parser.add_argument(
         "--temperature",
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} exists and is not a directory")
     start = prepare(settings)
+    args.out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable --out before training
     with tqdm(total=settings.epochs, desc="train", unit="epoch", file=sys.stderr) as bar:
 
         def report(record: EpochRecord) -> None:

@@ -115,6 +115,10 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str)
         (["--classes", "a,b"], "--classes"),
         (["--epochs", "x"], "--epochs"),
         (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--seed", "-3"], "--seed"),
+        (["--batch-size", "-5"], "--batch-size"),
+        (["--temperature", "0"], "--temperature"),
         (["--batch-size", "1"], "--batch-size"),
         (["--lr", "0"], "--lr"),
         (["--factor", "nan"], "--factor"),
@@ -122,6 +126,7 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str)
         (["--distance", "manhattan"], "--distance"),
         (["--threads", "0"], "--threads"),
         (["--snnl-layers", "fc1,conv9"], "conv9"),
+        (["--out", "NOTADIR"], "Not a directory"),
     ],
 )
 def test_bad_options_in_process(
@@ -130,8 +135,12 @@ def test_bad_options_in_process(
     """The same dispatcher in-process (fast): one line on stderr, exit 2, nothing written."""
     from snnl.cli import main
 
+    (tmp_path / "file").write_text("")
+    args = [str(tmp_path / "file" / "run") if a == "NOTADIR" else a for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
     try:
-        code = main(["train", "--data", "digits", *args, "--out", str(tmp_path / "run")])
+        code = main(["train", "--data", "digits", *args])
     except SystemExit as exit_:  # argparse rejects a malformed value itself
         code = exit_.code
     captured = capsys.readouterr()

@@ -249,6 +249,9 @@ def test_eps_bound_gradient_finite_and_negative_eps_rejected() -> None:
 
 def test_rejects_bad_shapes_and_distance() -> None:
     x, y = random_batch(6, 3, 2, seed=9)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), torch.tensor([0.5, 1.0])):
+        with pytest.raises(ValueError, match="temperature"):
+            soft_nearest_neighbor_loss(torch.from_numpy(x), torch.from_numpy(y), bad)
     with pytest.raises(ValueError):
         soft_nearest_neighbor_loss(torch.from_numpy(x), torch.from_numpy(y[:5]))
     with pytest.raises(ValueError, match="distance"):

@@ -113,6 +113,23 @@ def test_learned_temperature_moves_towards_the_optimum() -> None:
     loss.close()
 
 
+def test_learned_temperature_is_projected_and_can_leave_a_bound() -> None:
+    net, x, y = setup(4)
+    with SNNLoss(net, ["fc1"], temperature="learned") as loss:
+        (theta,) = loss.temperature_parameters()
+        with torch.no_grad():
+            theta.fill_(50.0)  # T = exp(-50), far below the stable range
+        result = loss(x, y)
+        assert result.temperature["fc1"] == pytest.approx(1e-4, rel=1e-6)
+        assert num(theta) == pytest.approx(math.log(1e4), rel=1e-6)
+        result.total.backward()
+        # Still a gradient at the bound (a clamp on T would give exactly 0 here, for good).
+        assert theta.grad is not None and num(theta.grad) != 0.0
+        with torch.no_grad():
+            theta.fill_(-50.0)
+        assert loss.temperatures()["fc1"] == pytest.approx(1e4, rel=1e-6)
+
+
 def test_annealed_temperature_follows_the_epoch() -> None:
     net, x, y = setup()
     with SNNLoss(net, ["fc2"], temperature="annealed") as loss:
