@@ -1,8 +1,8 @@
 # Rebuild the committed default model byte for byte:   make models
 # Check that the committed files are what it produces:  make models-check
 #
-# Training is seeded and single-threaded, the export deterministic (fixed --created, float16
-# reference, sorted JSON), so the same machine setup gives the same sha256 for every file.
+# Training is seeded and single-threaded, the export deterministic (fixed --created, on the CPU,
+# float16 reference, sorted JSON), so the same machine setup gives the same sha256 for every file.
 
 PYTHON ?= .venv/bin/python
 SNNL ?= $(PYTHON) -m snnl.cli
@@ -12,7 +12,7 @@ REPOSITORY ?= models
 
 TRAIN_FLAGS = --data digits --arch mlp --factor 1 --temperature learned --distance cosine \
 	--epochs 30 --batch-size 128 --lr 0.001 --seed 0 --threads 1
-EXPORT_FLAGS = --name digits-mlp --version 1 --reference-dtype float16 --created $(CREATED)
+EXPORT_FLAGS = --name digits-mlp --version 1 --reference-dtype float16 --created $(CREATED) --device cpu
 
 .PHONY: models models-check
 

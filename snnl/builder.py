@@ -68,6 +68,8 @@ class ModelRecipe:
 def default_created() -> str:
     """``SOURCE_DATE_EPOCH`` (reproducible builds) when set, else now, as ISO 8601 UTC."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and not epoch.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}")
     seconds = int(epoch) if epoch else int(time.time())
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 

@@ -117,8 +117,15 @@ class Calibration:
             if key not in tensors:
                 raise RepositoryError(f"{source}: missing tensor {key!r}")
             value = tensors[key].numpy()
-            if value.ndim != 1 or value.dtype != np.float64 or np.any(np.diff(value) < 0):
-                raise RepositoryError(f"{source}: {key!r} must be (n,) float64 sorted ascending")
+            if (
+                value.ndim != 1
+                or value.dtype != np.float64
+                or not np.all(np.isfinite(value))
+                or np.any(np.diff(value) < 0)
+            ):
+                raise RepositoryError(
+                    f"{source}: {key!r} must be (n,) finite float64 sorted ascending"
+                )
             arrays[key] = value
         if len({a.shape[0] for a in arrays.values()}) != 1 or arrays["nonconformity"].size == 0:
             raise RepositoryError(f"{source}: calibration arrays must share one length n >= 1")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 
 from snnl.conformal import Calibration, flag, nonconformity
 from snnl.errors import InputError, RepositoryError
@@ -29,6 +29,7 @@ from snnl.repository import (
     REFERENCE_FILE,
     Manifest,
     read_model_files,
+    read_verified,
 )
 from snnl.results import ScoreResult
 from snnl.runtime import ForwardOutput, OnnxRunner, resolve_device
@@ -105,7 +106,8 @@ class Detector:
             runner = OnnxRunner(
                 files[MODEL_FILE], layers, target, threads=threads, source=str(folder / MODEL_FILE)
             )
-        detector = cls(
+        _check_consistency(manifest, reference, calibration, runner, folder)
+        return cls(
             manifest,
             reference=reference,
             calibration=calibration,
@@ -114,26 +116,6 @@ class Detector:
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
         )
-        detector._check_consistency(reference, calibration, folder)
-        return detector
-
-    def _check_consistency(
-        self, reference: ReferenceSet, calibration: Calibration, folder: Path
-    ) -> None:
-        for layer in self.manifest.layers:
-            dim = reference.dims()[layer.name]
-            if dim != layer.dim or reference.size != layer.reference_size:
-                raise RepositoryError(
-                    f"{folder / REFERENCE_FILE}: layer {layer.name!r} is ({reference.size}, {dim}),"
-                    f" the manifest says ({layer.reference_size}, {layer.dim})"
-                )
-        if calibration.size != self.manifest.calibration_size:
-            raise RepositoryError(
-                f"{folder / CALIBRATION_FILE}: {calibration.size} calibration points, the "
-                f"manifest says {self.manifest.calibration_size}"
-            )
-        if int(self.reference_labels.max()) >= len(self.class_names):
-            raise RepositoryError(f"{folder / REFERENCE_FILE}: labels beyond the class names")
 
     @property
     def name(self) -> str:
@@ -170,13 +152,14 @@ class Detector:
         return self._runner.run(check_inputs(x, self.input_shape))
 
     def reference_features(self, layer: str) -> np.ndarray:
-        """The stored reference matrix (N, d) of ``layer`` as float32, rows in stored order."""
+        """The stored reference matrix (N, d) of ``layer`` as float32, rows in stored order,
+        read again from the repository (sha256 checked: RepositoryError if it changed)."""
         if layer not in self.layers:
             raise InputError(f"layer: expected one of {list(self.layers)}, got {layer!r}")
         if self._reference_path is None:
             raise InputError(f"model {self.name!r} was not loaded from a repository")
-        with safe_open(str(self._reference_path), framework="pt") as f:
-            return f.get_tensor(f"features.{layer}").float().numpy()
+        data = read_verified(self._reference_path, self.manifest.files[REFERENCE_FILE])
+        return load_safetensors(data)[f"features.{layer}"].float().numpy()
 
     def batch_scores(
         self,
@@ -240,6 +223,13 @@ class Detector:
         else:
             shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
             confidence = 1.0 / np.exp(shifted).sum(1)
+        broken = ~(np.isfinite(a) & np.isfinite(confidence))
+        if broken.any():  # finite inputs so large that the layers or distances overflow
+            raise InputError(
+                f"{'embeddings' if logits is None else 'inputs'}: sample "
+                f"{int(np.flatnonzero(broken)[0])} makes the model overflow (non-finite layer "
+                "outputs or scores); values of that magnitude are not supported"
+            )
         outlier = flag(p, alpha)
         end = time.perf_counter()
         return ScoreResult(
@@ -261,3 +251,39 @@ class Detector:
                 "calibrate": end - middle,
             },
         )
+
+
+def _check_consistency(
+    manifest: Manifest,
+    reference: ReferenceSet,
+    calibration: Calibration,
+    runner: OnnxRunner | None,
+    folder: Path,
+) -> None:
+    """RepositoryError when the files of ``folder`` disagree with each other or the manifest."""
+    for layer in manifest.layers:
+        dim = reference.dims()[layer.name]
+        if dim != layer.dim or reference.size != layer.reference_size:
+            raise RepositoryError(
+                f"{folder / REFERENCE_FILE}: layer {layer.name!r} is ({reference.size}, {dim}),"
+                f" the manifest says ({layer.reference_size}, {layer.dim})"
+            )
+    if calibration.size != manifest.calibration_size:
+        raise RepositoryError(
+            f"{folder / CALIBRATION_FILE}: {calibration.size} calibration points, the "
+            f"manifest says {manifest.calibration_size}"
+        )
+    low, high = int(reference.labels.min()), int(reference.labels.max())
+    if low < 0 or high >= len(manifest.class_names):
+        raise RepositoryError(
+            f"{folder / REFERENCE_FILE}: labels must lie in [0, {len(manifest.class_names)}) "
+            f"(one per class name), got {low}..{high}"
+        )
+    if runner is not None:
+        expected = {"logits": len(manifest.class_names)} | {x.name: x.dim for x in manifest.layers}
+        for output, width in runner.widths.items():
+            if width is not None and width != expected[output]:
+                raise RepositoryError(
+                    f"{folder / MODEL_FILE}: output {output!r} has width {width}, "
+                    f"the manifest says {expected[output]}"
+                )

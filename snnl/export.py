@@ -99,8 +99,8 @@ def _calibration_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-split calibration + test: round(fraction * total) calibration rows, stratified."""
     x_pool, y_pool = np.concatenate([x_cal, x_test]), np.concatenate([y_cal, y_test])
-    size = round(fraction * total)
-    if not 0.0 < fraction < 1.0 or not 1 <= size < len(y_pool):
+    size = round(fraction * total) if 0.0 < fraction < 1.0 else 0  # NaN and inf included
+    if not 1 <= size < len(y_pool):
         raise InputError(
             f"--calibration-fraction {fraction} asks for {size} of {total} samples; the run's "
             f"calibration + test pool holds {len(y_pool)}"

@@ -184,15 +184,19 @@ def read_model_files(repository: str | Path, name: str) -> tuple[Manifest, dict[
     """The manifest and the bytes of every file it lists, each checked against its sha256."""
     manifest = load_manifest(repository, name)
     folder = Path(repository) / name
-    contents = {}
-    for file, digest in manifest.files.items():
-        path = folder / file
-        if not path.is_file():
-            raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
-        data = path.read_bytes()
-        if sha256(data) != digest:
-            raise RepositoryError(
-                f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
-            )
-        contents[file] = data
+    contents = {
+        file: read_verified(folder / file, digest) for file, digest in manifest.files.items()
+    }
     return manifest, contents
+
+
+def read_verified(path: Path, digest: str) -> bytes:
+    """The bytes of ``path``; RepositoryError when it is missing or its sha256 is not ``digest``."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    data = path.read_bytes()
+    if sha256(data) != digest:
+        raise RepositoryError(
+            f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
+        )
+    return data

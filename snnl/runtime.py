@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +16,6 @@ import torch
 
 from snnl.errors import InputError, RepositoryError
 
-DeviceSetting = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
@@ -79,6 +77,11 @@ class OnnxRunner:
                 f"got {inputs} and {names}"
             )
         self.provider: str = self._session.get_providers()[0]
+        # The static last dimension of each output (C for logits, d_l per layer), None if symbolic.
+        self.widths: dict[str, int | None] = {
+            o.name: o.shape[-1] if isinstance(o.shape[-1], int) else None
+            for o in self._session.get_outputs()
+        }
 
     def run(self, x: np.ndarray) -> ForwardOutput:
         """Logits and layer outputs for ``x`` (B, *input_shape) float32."""

@@ -142,10 +142,6 @@ class SoftNeighborScorer:
         """N, the number of reference rows."""
         return int(self.labels.shape[0])
 
-    def dim(self, layer: str) -> int:
-        """d_l, the feature dimension of ``layer``."""
-        return int(self._layers[layer].rows.shape[1])
-
     def _chunks(self) -> range:
         return range(0, self.reference_size, self.chunk_size)
 

@@ -108,7 +108,7 @@ def perplexity_temperature(
     """
     n = x.shape[0]
     if n < 3:
-        raise ValueError(f"the perplexity rule needs at least 3 reference rows, got {n}")
+        raise InputError(f"the perplexity rule needs at least 3 reference rows, got {n}")
     budget = max(1, min(max_points, _MAX_ELEMENTS // n))
     rows = torch.from_numpy(stratified_subsample(y, budget, seed))
     d = pairwise_distances(x[rows], x, distance).float()

@@ -85,7 +85,8 @@ def check_alpha(alpha: float | None, default: float) -> float:
     """``alpha`` (or ``default`` when None) as a float in (0, 1)."""
     if alpha is None:
         return default
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+    number = (int, float, np.integer, np.floating)
+    if isinstance(alpha, bool) or not isinstance(alpha, number) or not 0.0 < alpha < 1.0:
         raise InputError(f"alpha: expected a number in (0, 1), got {alpha!r}")
     return float(alpha)
 

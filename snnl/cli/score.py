@@ -23,6 +23,7 @@ from snnl.detector import Detector
 from snnl.errors import InputError
 from snnl.results import ScoreResult
 from snnl.runtime import DEVICES
+from snnl.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,12 +45,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
-    """The samples, or for an embedding-only model {layer: (N, d)}, from ``path``."""
+    """The validated samples, or for an embedding-only model {layer: (N, d)}, from ``path``.
+
+    The whole file is checked before anything is scored: an error names the sample's row in the
+    file and no partial output is written.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: expected an .npz archive (numpy.savez), got a bare array")
+        with loaded as npz:
             arrays = {key: npz[key] for key in npz.files}
+    except InputError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise InputError(
             f"{path}: not a readable .npz file without pickled objects ({err})"
@@ -57,20 +67,25 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
     if detector.input_shape is not None or len(detector.layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
+        embeddings = {detector.layers[0]: arrays["x"]}
+    else:
+        missing = [layer for layer in detector.layers if layer not in arrays]
+        if missing:
+            raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
+        embeddings = {layer: arrays[layer] for layer in detector.layers}
+    try:
         if detector.input_shape is not None:
-            return arrays["x"]
-        return {detector.layers[0]: arrays["x"]}
-    missing = [layer for layer in detector.layers if layer not in arrays]
-    if missing:
-        raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
-    return {layer: arrays[layer] for layer in detector.layers}
+            return check_inputs(arrays["x"], detector.input_shape)
+        return check_embeddings(embeddings, {s.name: s.dim for s in detector.manifest.layers})
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
 
 
 def _batches(
     detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
 ) -> Iterator[ScoreResult]:
     first = data if isinstance(data, np.ndarray) else next(iter(data.values()))
-    for start in range(0, max(len(first), 1), args.batch_size):
+    for start in range(0, len(first), args.batch_size):
         stop = start + args.batch_size
         if isinstance(data, np.ndarray):
             yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
@@ -96,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     detector = Detector.load(args.repository, args.model, device=args.device)
+    check_alpha(args.alpha, detector.manifest.alpha)
+    check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector)
     try:
         if args.out is None:

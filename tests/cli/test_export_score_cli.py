@@ -59,7 +59,8 @@ def test_score_writes_one_json_object_per_sample(workdir: Path) -> None:
         "score", "--repository", "models", "--model", "digits", "test.npz", "--out", "out.jsonl",
         "--neighbors", "2", "--alpha", "0.2", "--batch-size", "7", cwd=workdir,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr and done.stdout == ""
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
     lines = (workdir / "out.jsonl").read_text().splitlines()
     assert len(lines) == 40 and len(json.loads(lines[0])["layers"][0]["neighbors"]) == 2
     assert [json.loads(line)["prediction"] for line in lines] == [r["prediction"] for r in records]
@@ -94,6 +95,7 @@ SCORE = ("score", "--repository", "models", "--model")
             (*SCORE, "digits", "bad.npz"),
             "expected shape (B, 64)",
         ),
+        ({"x": np.float32(1.0)}, (*SCORE, "digits", "bad.npz"), "expected a non-empty batch"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(
@@ -120,6 +122,20 @@ def test_errors_are_one_line_and_exit_2(
             "temperature rule",
         ),
         (("index", "test.npz", "--repository", "models", "--name", "x"), "missing key 'y'"),
+        ((*SCORE, "digits", "bare.npy"), "expected an .npz archive"),
+        (
+            (
+                "export",
+                "run",
+                "--repository",
+                "models",
+                "--name",
+                "x",
+                "--calibration-fraction",
+                "nan",
+            ),
+            "--calibration-fraction nan",
+        ),
     ],
 )
 def test_more_errors_in_process(
@@ -131,7 +147,21 @@ def test_more_errors_in_process(
 ) -> None:
     monkeypatch.chdir(workdir)
     (workdir / "garbage.npz").write_bytes(b"not a zip")
+    np.save(workdir / "bare.npy", np.zeros((2, 64), np.float32))
     assert main(list(args)) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_bad_sample_is_named_by_its_row_in_the_file_before_any_output(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    x = np.zeros((12, 64), np.float32)
+    x[9, 3] = np.nan
+    np.savez(workdir / "nan.npz", x=x)
+    assert main([*SCORE, "digits", "nan.npz", "--batch-size", "4"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "nan.npz: inputs: NaN or inf" in captured.err and "in sample 9" in captured.err

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _tiny_run import make_run
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from snnl.conformal import Calibration, expected_flag_rate, flag, nonconformity
 from snnl.detector import Detector
-from snnl.errors import InputError
+from snnl.errors import InputError, RepositoryError
 from snnl.export import export_run
 from snnl.indexing import index_embeddings
+from snnl.repository import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE, sha256
 from snnl.results import ScoreResult
 from snnl.train import load_run
 
@@ -182,6 +188,7 @@ def test_inputs_are_validated(model_repo: tuple[Path, Path], embedding_repo: Pat
         (np.zeros((0, 64), np.float32), "inputs: expected a non-empty batch"),
         (np.full((2, 64), np.nan, np.float32), "inputs: NaN or inf"),
         (np.full((2, 64), 1e39), "inputs: NaN or inf"),
+        (np.full((2, 64), 3e38, np.float32), "inputs: sample 0 makes the model overflow"),
         (np.array([["a"] * 64]), "inputs: expected real numbers"),
         ([[0.0] * 64, [0.0] * 3], "inputs: expected"),
     ]
@@ -206,3 +213,52 @@ def test_inputs_are_validated(model_repo: tuple[Path, Path], embedding_repo: Pat
         emb.score_embeddings({"embedding": np.zeros((1, 4))})
     with pytest.raises(InputError, match="layer"):
         emb.reference_features("nope")
+
+
+def _copy(source: Path, name: str, target: Path) -> Path:
+    """A copy of ``source/name`` in the repository ``target``; returns the model folder."""
+    shutil.copytree(source / name, target / name)
+    return target / name
+
+
+def _rewrite(folder: Path, file: str, change: str, value: float) -> None:
+    """Set the last entry of tensor ``change`` of ``file`` to ``value`` and re-sign it in the
+    manifest: a file that is self-consistent by checksum but wrong in content."""
+    tensors = load_safetensors((folder / file).read_bytes())
+    tensors[change] = tensors[change].clone()
+    tensors[change][-1] = value
+    data = save_safetensors(tensors)
+    (folder / file).write_bytes(data)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"][file] = sha256(data)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_inconsistent_files_are_refused(
+    embedding_repo: Path, model_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _rewrite(_copy(embedding_repo, "emb", tmp_path / "a"), REFERENCE_FILE, "labels", 7)
+    with pytest.raises(RepositoryError, match=r"labels must lie in \[0, 3\).*got 0\.\.7"):
+        Detector.load(tmp_path / "a", "emb", device="cpu")
+    _rewrite(
+        _copy(embedding_repo, "emb", tmp_path / "b"), CALIBRATION_FILE, "nonconformity", math.nan
+    )
+    with pytest.raises(RepositoryError, match=r"'nonconformity' must be .*finite"):
+        Detector.load(tmp_path / "b", "emb", device="cpu")
+    folder = _copy(model_repo[0], "tiny", tmp_path / "c")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["class_names"].append("extra")
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match="output 'logits' has width 10, the manifest says 11"):
+        Detector.load(tmp_path / "c", "tiny", device="cpu")
+
+
+def test_reference_features_are_checked_again(embedding_repo: Path, tmp_path: Path) -> None:
+    folder = _copy(embedding_repo, "emb", tmp_path)
+    det = Detector.load(tmp_path, "emb", device="cpu")
+    stored = load_safetensors((folder / REFERENCE_FILE).read_bytes())["features.embedding"]
+    np.testing.assert_array_equal(det.reference_features("embedding"), stored.float().numpy())
+    tensors = {"labels": torch.zeros(1, dtype=torch.int64), "features.embedding": stored[:1]}
+    (folder / REFERENCE_FILE).write_bytes(save_safetensors(tensors))
+    with pytest.raises(RepositoryError, match="sha256 does not match"):
+        det.reference_features("embedding")

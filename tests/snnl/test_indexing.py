@@ -59,6 +59,16 @@ def test_index_is_deterministic(tmp_path: Path) -> None:
         ).read_bytes()
 
 
+def test_source_date_epoch_sets_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write(tmp_path / "emb.npz", n=60)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    manifest = index_embeddings(data, tmp_path / "repo", "enc", device="cpu")
+    assert manifest.created == "1970-01-02T00:00:00Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(InputError, match="SOURCE_DATE_EPOCH must be whole seconds"):
+        index_embeddings(data, tmp_path / "repo", "enc", device="cpu")
+
+
 def test_index_refuses_bad_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "three_d.npz", x=np.zeros((10, 2, 2), np.float32), y=np.arange(10) % 2)
     with pytest.raises(InputError, match=r"'x' must be embeddings \(N, d\)"):

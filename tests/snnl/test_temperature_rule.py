@@ -64,6 +64,11 @@ def test_perplexity_rule_does_not_collapse_on_clean_clusters() -> None:
     assert choose_temperature(x, y, "cosine", "0.3") == 0.3
 
 
+def test_perplexity_rule_needs_three_rows() -> None:
+    with pytest.raises(InputError, match="at least 3 reference rows"):
+        choose_temperature(np.eye(2), np.array([0, 1]), "cosine")
+
+
 def test_rule_specs_are_checked() -> None:
     good = (
         "perplexity:50",

@@ -46,6 +46,7 @@ def test_embeddings_need_one_batch_size() -> None:
 
 def test_alpha_and_neighbors() -> None:
     assert check_alpha(None, 0.05) == 0.05 and check_alpha(0.1, 0.05) == 0.1
+    assert check_alpha(np.float32(0.25), 0.05) == 0.25
     for bad in (0, 1, -0.5, float("nan"), True, "0.1"):
         with pytest.raises(InputError, match="alpha"):
             check_alpha(bad, 0.05)  # type: ignore[arg-type]
