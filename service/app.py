@@ -1,0 +1,93 @@
+"""The app factory and the server entry point.
+
+One process serves one repository on one device: every model is loaded once (its reference set in
+device memory once), each gets one scoring thread fed by its ``DynamicBatcher``, and the event
+loop only parses, validates and answers. Scale out with more replicas, one per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from prometheus_client import disable_created_metrics
+
+from service.errors import install_error_handlers
+from service.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
+from service.metrics import ServiceMetrics
+from service.routes import probes, v1
+from service.settings import Settings
+from service.state import ServiceState
+from snnl import __version__
+
+DESCRIPTION = """\
+Soft-neighbor out-of-distribution detection and embedding evaluation (SNNL).
+
+Score a batch with `POST /v1/models/{model}/score` (JSON or `application/x-npy`): each sample gets
+its prediction, a per-layer soft-neighbor score against the model's reference set and a calibrated
+outlier flag. Requests from many clients are merged into batches per model.
+"""
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start loading in the background (``/readyz`` says when done); stop batchers on shutdown."""
+    state: ServiceState = app.state.service
+    _configure_process(state.settings)
+    loading = asyncio.create_task(state.load_all(), name="snnl-load-models")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await state.close()
+
+
+def _configure_process(settings: Settings) -> None:
+    """Process-wide settings of a serving process.
+
+    Scoring uses ``scoring_threads`` intra-op threads (torch's pool is process-wide, ONNX
+    Runtime's is set per session), so the event loop keeps a core (RESEARCH.md, finding 11); and
+    /metrics carries exactly the SPEC §6 series (no ``_created`` companions).
+    """
+    torch.set_num_threads(settings.scoring_threads)
+    disable_created_metrics()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A FastAPI app serving ``settings.model_repository``; models load when it starts."""
+    configure_logging(settings.log_level)
+    metrics = ServiceMetrics()
+    state = ServiceState(settings, metrics)
+    app = FastAPI(
+        title="snnl",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(probes)
+    app.include_router(v1)
+    app.add_middleware(
+        RequestLogMiddleware, observe=metrics.observe_request, known_model=state.knows
+    )
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve with uvicorn in this process (one worker: see the module docstring)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=uvicorn_log_config(settings.log_level),
+        access_log=False,
+        server_header=False,
+    )

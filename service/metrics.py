@@ -1,0 +1,123 @@
+"""Prometheus metrics of SPEC §6, all on one registry per app (tests stay isolated).
+
+Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
+model repository (model, layer, version), the fixed route names and HTTP status codes: no
+per-sample or per-request values, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
+WAIT_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+UNIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, *(i / 10 for i in range(1, 10)), 0.95, 0.99, 1)
+STAGES = ("forward", "neighbors", "calibrate")
+
+
+class ScoredBatch(Protocol):
+    """What the metrics read from a scoring result (``snnl.ScoreResult`` fits)."""
+
+    layers: tuple[str, ...]
+    soft_neighbor_score: np.ndarray  # (B, L)
+    p_value: np.ndarray  # (B,)
+    outlier: np.ndarray  # (B,) bool
+    timings: Mapping[str, float]
+
+    def __len__(self) -> int: ...
+
+
+class ServiceMetrics:
+    """Every ``snnl_*`` metric, created once on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        model = ("model",)
+        self.requests = Counter(
+            "snnl_requests", "HTTP requests by route and status code.",
+            (*model, "endpoint", "code"), registry=reg,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "snnl_request_duration_seconds", "Time from request received to response sent.",
+            (*model, "endpoint"), buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "snnl_queue_wait_seconds", "Time a request chunk waited before its batch ran.",
+            model, buckets=WAIT_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "snnl_batch_size", "Samples per executed scoring batch.",
+            model, buckets=BATCH_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.stage_duration = Histogram(
+            "snnl_stage_duration_seconds", "Time per scoring stage of one batch.",
+            (*model, "stage"), buckets=WAIT_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.samples_scored = Counter("snnl_samples_scored", "Samples scored.", model, registry=reg)
+        self.outliers = Counter(
+            "snnl_outliers", "Samples flagged as outliers.", model, registry=reg
+        )
+        self.soft_neighbor_score = Histogram(
+            "snnl_soft_neighbor_score", "Soft-neighbor score of each scored sample, per layer.",
+            (*model, "layer"), buckets=UNIT_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.p_value = Histogram(
+            "snnl_p_value", "Conformal p-value of each scored sample.",
+            model, buckets=UNIT_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "snnl_queue_depth", "Samples waiting in the model's queue.", model, registry=reg
+        )
+        self.reference_points = Gauge(
+            "snnl_reference_points", "Reference-set rows per served layer.",
+            (*model, "layer"), registry=reg,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "snnl_model_info", "Loaded models (value 1).",
+            (*model, "version", "device", "backend"), registry=reg,
+        )  # fmt: skip
+
+    def register_model(
+        self,
+        model: str,
+        version: str,
+        device: str,
+        backend: str,
+        reference_sizes: Mapping[str, int],
+    ) -> None:
+        """Publish a loaded model: info, reference sizes, and zeroed series for its counters."""
+        self.model_info.labels(model, version, device, backend).set(1)
+        for layer, size in reference_sizes.items():
+            self.reference_points.labels(model, layer).set(size)
+        self.samples_scored.labels(model)
+        self.outliers.labels(model)
+        self.queue_depth.labels(model).set(0)
+
+    def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
+        """One finished HTTP request."""
+        self.requests.labels(model, endpoint, str(code)).inc()
+        self.request_duration.labels(model, endpoint).observe(seconds)
+
+    def observe_batch(self, model: str, result: ScoredBatch) -> None:
+        """One executed scoring batch: its size, stage times and every sample's scores."""
+        n = len(result)
+        self.batch_size.labels(model).observe(n)
+        for stage in STAGES:
+            if stage in result.timings:
+                self.stage_duration.labels(model, stage).observe(result.timings[stage])
+        self.samples_scored.labels(model).inc(n)
+        self.outliers.labels(model).inc(int(np.count_nonzero(result.outlier)))
+        p_value = self.p_value.labels(model)
+        for value in np.asarray(result.p_value, dtype=float).tolist():
+            p_value.observe(value)
+        scores = np.asarray(result.soft_neighbor_score, dtype=float)
+        for column, layer in enumerate(result.layers):
+            histogram = self.soft_neighbor_score.labels(model, layer)
+            for value in scores[:, column].tolist():
+                histogram.observe(value)

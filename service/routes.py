@@ -1,0 +1,171 @@
+"""The endpoints of SPEC §5, thin: check, parse, submit to the model's batcher, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
+
+from service.batching import num_rows
+from service.errors import MalformedRequest, UnsupportedMediaType
+from service.payload import (
+    JSON_MEDIA_TYPE,
+    NPY_MEDIA_TYPE,
+    class_labels,
+    media_type,
+    model_batch,
+    npy_batch,
+    parse_json_object,
+    parse_npy,
+)
+from service.schemas import (
+    EvaluateRequest,
+    EvaluateResponse,
+    ModelDetail,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+)
+from service.security import check_api_key, read_body
+from service.state import ServiceState
+from snnl.validation import check_neighbors
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {JSON_MEDIA_TYPE: {"example": {"detail": text}}}}
+    for status, text in [
+        (400, "body: not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+        (401, "API key not accepted (header 'Authorization' or 'X-API-Key')"),
+        (404, "model 'x': not in the repository (models: digits-mlp)"),
+        (413, "body: more than the limit of 16777216 bytes"),
+        (
+            415,
+            "header Content-Type: expected application/json or application/x-npy, got 'text/plain'",
+        ),
+        (422, "inputs: expected shape (B, 64), got (1, 63)"),
+        (503, "model digits-mlp: overloaded, 4096 of 4096 queued samples (SNNL_MAX_QUEUE); retry"),
+    ]
+}
+
+
+async def get_state(request: Request) -> ServiceState:
+    """The app's ``ServiceState`` (``async``: FastAPI runs ``def`` dependencies in threads)."""
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+async def require_api_key(request: Request, state: State) -> None:
+    """401 unless the request carries a configured API key (no keys configured: open)."""
+    check_api_key(request, state.api_keys)
+
+
+def _body_schema(schema: type[Any], *, npy: bool) -> dict[str, Any]:
+    """OpenAPI request body: the JSON schema (and, with ``npy``, one ``.npy`` array)."""
+    content: dict[str, Any] = {JSON_MEDIA_TYPE: {"schema": schema.model_json_schema()}}
+    if npy:
+        content[NPY_MEDIA_TYPE] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "One .npy array: the samples (B, *input_shape), or the embeddings "
+            "(B, d) of a one-layer embedding-only model; alpha and neighbors as query.",
+        }
+    return {"requestBody": {"required": True, "content": content}}
+
+
+probes = APIRouter(tags=["operations"])
+v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@probes.get("/healthz", name="healthz", summary="Liveness")
+async def healthz(state: State) -> dict[str, str]:
+    """200 while the process is sound; 503 once loading the repository has failed."""
+    state.raise_if_failed()
+    return {"status": "ok"}
+
+
+@probes.get("/readyz", name="readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})
+async def readyz(state: State) -> dict[str, Any]:
+    """200 once every model is loaded and warmed up, else 503."""
+    state.raise_if_not_ready()
+    return {"status": "ready", "models": sorted(state.models)}
+
+
+@probes.get("/metrics", name="metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request, state: State) -> Response:
+    """Prometheus text format (OpenMetrics when the scraper asks for it)."""
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(state.metrics.registry), media_type=content_type)
+
+
+@v1.get("/models", name="models", response_model=ModelList)
+async def list_models(state: State) -> ModelList:
+    """Every model: name, version, input shape, layers, classes, reference size."""
+    state.raise_if_not_ready()
+    return ModelList(models=[served.info for served in state.models.values()])
+
+
+@v1.get("/models/{model}", name="model", response_model=ModelDetail, responses=ERROR_RESPONSES)
+async def get_model(model: str, state: State) -> ModelDetail:
+    """One model's manifest and calibration summary."""
+    served = state.served(model)
+    return ModelDetail(manifest=served.manifest, calibration=served.calibration)
+
+
+@v1.post(
+    "/models/{model}/score",
+    name="score",
+    response_model=ScoreResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_body_schema(ScoreRequest, npy=True),
+)
+async def score(
+    model: str,
+    request: Request,
+    state: State,
+    alpha: Annotated[float | None, Query(gt=0, lt=1, description="x-npy bodies only")] = None,
+    neighbors: Annotated[int | None, Query(ge=0, le=1000, description="x-npy bodies only")] = None,
+) -> Response:
+    """Score a batch: prediction, per-layer soft-neighbor scores, p-value and outlier flag.
+
+    JSON: ``{"inputs": [...], "alpha": 0.05, "neighbors": 0}`` (``embeddings`` for embedding-only
+    models). ``application/x-npy``: the samples as one array, ``alpha``/``neighbors`` as query.
+    """
+    served = state.served(model)
+    kind = media_type(request.headers.get("content-type"))
+    body = await read_body(request, state.settings.max_request_bytes)
+    if kind == NPY_MEDIA_TYPE:
+        samples = npy_batch(parse_npy(body), served.spec)
+    else:
+        if alpha is not None or neighbors is not None:
+            raise MalformedRequest("query alpha/neighbors: with a JSON body give them in the body")
+        parsed: ScoreRequest = parse_json_object(body, ScoreRequest)
+        samples = model_batch(parsed.inputs, parsed.embeddings, served.spec)
+        alpha, neighbors = parsed.alpha, parsed.neighbors
+    neighbors = check_neighbors(neighbors or 0, served.info.reference_size)
+    request.state.batch_size = num_rows(samples)
+    result = await served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    return JSONResponse({"model": model, "version": served.version, "results": result.to_records()})
+
+
+@v1.post(
+    "/models/{model}/evaluate",
+    name="evaluate",
+    response_model=EvaluateResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_body_schema(EvaluateRequest, npy=False),
+)
+async def evaluate(model: str, request: Request, state: State) -> Response:
+    """Evaluate a labeled batch: per layer SNNL at T_l, T*, entanglement, k-NN accuracy."""
+    served = state.served(model)
+    if media_type(request.headers.get("content-type")) != JSON_MEDIA_TYPE:
+        raise UnsupportedMediaType("header Content-Type: evaluate takes application/json")
+    body = await read_body(request, state.settings.max_request_bytes)
+    parsed: EvaluateRequest = parse_json_object(body, EvaluateRequest)
+    samples = model_batch(parsed.inputs, parsed.embeddings, served.spec)
+    n = num_rows(samples)
+    request.state.batch_size = n
+    labels = class_labels(parsed.labels, served.class_names, n)
+    evaluation = await served.evaluate(samples, labels)
+    return JSONResponse({"model": model, "version": served.version, **evaluation})

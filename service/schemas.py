@@ -1,0 +1,173 @@
+"""Request and response bodies of the HTTP API (SPEC §5), with OpenAPI examples that are a real
+request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST, SCORE_RESPONSE
+
+
+class ScoreRequest(BaseModel):
+    """Score a batch: ``inputs`` for a model, ``embeddings`` for an embedding-only model."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_REQUEST]})
+
+    inputs: list[Any] | None = Field(
+        None, description="Samples, each flat or nested to the model's input shape."
+    )
+    embeddings: dict[str, list[Any]] | None = Field(
+        None, description="Embedding-only models: {layer: [[...], ...]}, every served layer."
+    )
+    alpha: float | None = Field(
+        None, gt=0, lt=1, description="Flag outliers at p_value < alpha (default: the manifest's)."
+    )
+    neighbors: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Also return the ids of the k nearest reference points per layer.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScoreRequest:
+        if (self.inputs is None) == (self.embeddings is None):
+            raise ValueError("give exactly one of 'inputs' and 'embeddings'")
+        return self
+
+
+class EvaluateRequest(BaseModel):
+    """Evaluate a labeled batch: per-layer entanglement, k-NN accuracy, accuracy, outlier rate."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EVALUATE_REQUEST]})
+
+    inputs: list[Any] | None = Field(None, description="Samples (models with model.onnx).")
+    embeddings: dict[str, list[Any]] | None = Field(
+        None, description="Embedding-only models: {layer: [[...], ...]}."
+    )
+    labels: list[int | str] = Field(
+        description="One label per sample: a class index 0..C-1 or a class name.", min_length=2
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvaluateRequest:
+        if (self.inputs is None) == (self.embeddings is None):
+            raise ValueError("give exactly one of 'inputs' and 'embeddings'")
+        return self
+
+
+class LayerScore(BaseModel):
+    """One layer's view of one sample."""
+
+    name: str
+    soft_neighbor_score: float = Field(description="P(soft neighbor is of the predicted class).")
+    same_class_neighbors: int = Field(
+        description="Of the k nearest reference points, how many share the predicted class."
+    )
+    p_value: float = Field(
+        description="Conformal p-value of this layer's score ('fewer than normal')."
+    )
+    neighbors: list[int] | None = Field(
+        None, description="Ids of the k nearest reference points (when asked)."
+    )
+
+
+class SampleScore(BaseModel):
+    """One sample's prediction, scores and calibrated outlier flag."""
+
+    prediction: int
+    label: str
+    confidence: float
+    nonconformity: float
+    p_value: float
+    outlier: bool
+    layers: list[LayerScore]
+
+
+class ScoreResponse(BaseModel):
+    """One result per input sample, in request order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [SCORE_RESPONSE]})
+
+    model: str
+    version: str
+    results: list[SampleScore]
+
+
+class LayerEvaluation(BaseModel):
+    """One layer's entanglement on the labeled batch."""
+
+    name: str
+    distance: str
+    temperature: float | None = Field(description="The served temperature T_l.")
+    snnl: float | None = Field(description="SNNL of the batch at T_l.")
+    optimal_temperature: float = Field(description="T* = argmin_T SNNL(T).")
+    entanglement: float = Field(description="SNNL at T*.")
+    knn_accuracy: float = Field(description="Leave-one-out k-NN accuracy within the batch.")
+
+
+class EvaluateResponse(BaseModel):
+    """The evaluation of one labeled batch."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EVALUATE_RESPONSE]})
+
+    model: str
+    version: str
+    size: int
+    accuracy: float | None = Field(
+        description="Classification accuracy (None for embedding-only models)."
+    )
+    outlier_rate: float | None = Field(
+        description="Fraction flagged as outliers at the model's alpha."
+    )
+    layers: list[LayerEvaluation]
+
+
+class LayerInfo(BaseModel):
+    """A served layer."""
+
+    name: str
+    dim: int
+    distance: str
+    temperature: float
+    reference_size: int
+
+
+class ModelInfo(BaseModel):
+    """A loaded model, as listed by ``GET /v1/models``."""
+
+    name: str
+    version: str
+    embedding_only: bool
+    input_shape: list[int] | None
+    classes: list[str]
+    layers: list[LayerInfo]
+    reference_size: int
+    alpha: float
+    device: str
+    backend: str
+
+
+class ModelList(BaseModel):
+    """Every loaded model."""
+
+    models: list[ModelInfo]
+
+
+class CalibrationSummary(BaseModel):
+    """The calibration a model's p-values come from."""
+
+    size: int = Field(description="n_cal: calibration samples.")
+    alpha: float = Field(description="Default alpha of the flag.")
+    nonconformity_quantiles: dict[str, float] = Field(
+        description="Quantiles of the calibration nonconformity."
+    )
+
+
+class ModelDetail(BaseModel):
+    """One model: its manifest (SPEC §3) and calibration summary."""
+
+    manifest: dict[str, Any]
+    calibration: CalibrationSummary

@@ -1,0 +1,135 @@
+"""Service settings: ``SNNL_*`` environment variables, each also a ``snnl serve`` flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_API_KEY_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; unsafe or meaningless values are refused at start-up.
+
+    A setting ``max_queue`` is read from ``SNNL_MAX_QUEUE`` and set by ``--max-queue``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SNNL_", extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        Path("models"), description="Model repository: one folder a model (SPEC §3)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run: auto picks cuda when a GPU is present."
+    )
+    max_batch_size: int = Field(
+        128, ge=1, le=8192, description="Most samples one scoring call of a model runs at once."
+    )
+    max_batch_wait_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description="Longest a queued sample waits for others to fill its batch (0: no wait).",
+    )
+    max_queue: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Most samples waiting per model (503 when full; 413 for larger requests).",
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body in bytes (413 beyond it), enforced while reading.",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="Longest a request waits for its scores (then 503)."
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated API keys; when set, /v1/* needs one as "
+        "'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the JSON log lines."
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
+    scoring_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Intra-op threads of each model's scoring worker (keep the event loop fed).",
+    )
+    warmup_iterations: int = Field(
+        2,
+        ge=1,
+        le=100_000,
+        description="Full-size scoring calls per model before /readyz turns 200.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """``"k1,k2"`` -> ``("k1", "k2")``; blanks around keys are dropped."""
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """Refuse guessable keys and keys with whitespace or commas."""
+        for key in keys:
+            secret = key.get_secret_value()
+            if len(secret) < MIN_API_KEY_LENGTH:
+                raise ValueError(f"each API key needs at least {MIN_API_KEY_LENGTH} characters")
+            if any(ch.isspace() or ch == "," for ch in secret) or not secret.isprintable():
+                raise ValueError(
+                    "API keys may not contain whitespace, commas or control characters"
+                )
+        return keys
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_is_dir(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"{str(path)!r} is not a directory")
+        return path
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be at least max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
+    @property
+    def max_batch_wait_s(self) -> float:
+        """``max_batch_wait_ms`` in seconds."""
+        return self.max_batch_wait_ms / 1000.0
+
+    def api_key_bytes(self) -> tuple[bytes, ...]:
+        """The configured keys as bytes, for constant-time comparison."""
+        return tuple(key.get_secret_value().encode() for key in self.api_keys)
+
+
+def setting_flag(name: str) -> str:
+    """The ``snnl serve`` flag of a setting: ``max_queue`` -> ``--max-queue``."""
+    return "--repository" if name == "model_repository" else "--" + name.replace("_", "-")
+
+
+def setting_env(name: str) -> str:
+    """The environment variable of a setting: ``max_queue`` -> ``SNNL_MAX_QUEUE``."""
+    return "SNNL_" + name.upper()

@@ -1,0 +1,225 @@
+"""What the running service holds: each loaded model with its batcher, and readiness.
+
+Loading happens after the server starts listening (``load_all``, run by the app's lifespan), so
+``/healthz`` answers at once and ``/readyz`` turns 200 only when every model of the repository is
+loaded and warmed up by real scoring calls in its own scoring thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from service.batching import DynamicBatcher, Samples, ScoreFn
+from service.errors import TooLarge, Unavailable, UnknownModel
+from service.metrics import ServiceMetrics
+from service.payload import InputSpec
+from service.schemas import CalibrationSummary, LayerInfo, ModelInfo
+from service.settings import Settings
+from snnl.detector import Detector
+from snnl.embedding_eval import evaluate_detector
+from snnl.errors import RepositoryError
+from snnl.repository import list_models
+from snnl.results import ScoreResult
+
+logger = logging.getLogger("snnl.service")
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+@dataclass
+class ServedModel:
+    """A loaded, warmed-up model and the batcher that feeds its scoring thread."""
+
+    detector: Detector
+    batcher: DynamicBatcher[ScoreResult]
+    spec: InputSpec
+    info: ModelInfo
+    manifest: dict[str, Any]
+    calibration: CalibrationSummary
+    max_evaluate: int
+
+    @property
+    def version(self) -> str:
+        return self.detector.version
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.detector.class_names)
+
+    async def evaluate(self, samples: Samples, labels: np.ndarray) -> dict[str, Any]:
+        """Embedding evaluation of a labeled batch, run in the model's scoring thread."""
+        if len(labels) > self.max_evaluate:
+            raise TooLarge(
+                f"inputs: {len(labels)} samples exceed the evaluate limit of {self.max_evaluate} "
+                "(SNNL_MAX_QUEUE)"
+            )
+        given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
+        evaluate = partial(evaluate_detector, self.detector, labels, **given)
+        evaluation = await self.batcher.call(evaluate)
+        return evaluation.to_dict()
+
+
+def _score_call(detector: Detector) -> ScoreFn[ScoreResult]:
+    """``score(samples, alpha, neighbors)`` for the batcher: raw samples or embeddings."""
+    if detector.input_shape is None:
+        return lambda s, alpha, k: detector.score_embeddings(s, alpha=alpha, neighbors=k)
+    return lambda s, alpha, k: detector.score(s, alpha=alpha, neighbors=k)
+
+
+def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
+    """Real scoring calls at full batch size and at 1 sample (allocations, kernels, caches)."""
+    if detector.input_shape is None:
+        batch: Samples = {
+            layer: np.resize(detector.reference_features(layer), (batch_size, dim))
+            for layer, dim in _layer_dims(detector).items()
+        }
+    else:
+        batch = np.zeros((batch_size, *detector.input_shape), dtype=np.float32)
+    score = _score_call(detector)
+    one = batch[:1] if isinstance(batch, np.ndarray) else {k: v[:1] for k, v in batch.items()}
+    for _ in range(iterations):
+        score(batch, None, 0)
+        score(one, None, 0)
+
+
+def _layer_dims(detector: Detector) -> dict[str, int]:
+    return {layer.name: layer.dim for layer in detector.manifest.layers}
+
+
+def _describe(detector: Detector) -> tuple[ModelInfo, CalibrationSummary]:
+    manifest = detector.manifest
+    info = ModelInfo(
+        name=detector.name,
+        version=detector.version,
+        embedding_only=detector.input_shape is None,
+        input_shape=None if detector.input_shape is None else list(detector.input_shape),
+        classes=list(detector.class_names),
+        layers=[
+            LayerInfo(
+                name=layer.name,
+                dim=layer.dim,
+                distance=layer.distance,
+                temperature=layer.temperature,
+                reference_size=detector.reference_sizes[layer.name],
+            )
+            for layer in manifest.layers
+        ],
+        reference_size=max(detector.reference_sizes.values()),
+        alpha=manifest.alpha,
+        device=detector.device,
+        backend=detector.backend,
+    )
+    nonconformity = detector.calibration.nonconformity
+    calibration = CalibrationSummary(
+        size=len(nonconformity),
+        alpha=manifest.alpha,
+        nonconformity_quantiles={
+            f"{q:g}": float(v)
+            for q, v in zip(QUANTILES, np.quantile(nonconformity, QUANTILES), strict=True)
+        },
+    )
+    return info, calibration
+
+
+class ServiceState:
+    """The models of one repository, their batchers, and whether the service is ready."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.api_keys = settings.api_key_bytes()
+        self.names: tuple[str, ...] = tuple(list_models(settings.model_repository))
+        if not self.names:
+            raise RepositoryError(
+                f"model repository {str(settings.model_repository)!r} holds no model "
+                "(no <name>/manifest.json)"
+            )
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self.failure: str | None = None
+
+    def knows(self, name: str) -> bool:
+        """True when ``name`` is a model of the repository (loaded or not)."""
+        return name in self.names
+
+    def served(self, name: str) -> ServedModel:
+        """The loaded model; 404 if the repository has no such model, 503 while loading."""
+        if name not in self.names:
+            raise UnknownModel(
+                f"model {name!r}: not in the repository (models: {', '.join(self.names)})"
+            )
+        self.raise_if_not_ready()
+        return self.models[name]
+
+    def raise_if_failed(self) -> None:
+        """503 when loading failed (the process cannot serve; let the orchestrator restart it)."""
+        if self.failure is not None:
+            raise Unavailable(f"loading the repository failed: {self.failure}", retry_after=60)
+
+    def raise_if_not_ready(self) -> None:
+        """503 until every model is loaded and warmed up."""
+        self.raise_if_failed()
+        if not self.ready:
+            raise Unavailable(
+                f"not ready: {len(self.models)} of {len(self.names)} models loaded and warmed up"
+            )
+
+    async def load_all(self) -> None:
+        """Load, warm up and publish every model, one after the other; then turn ready."""
+        try:
+            for name in self.names:
+                self.models[name] = await self._load(name)
+                logger.info("model ready", extra={"fields": {"model": name}})
+        except Exception as err:
+            self.failure = str(err)
+            logger.error("loading failed", extra={"fields": {"error": str(err)}})
+            return
+        self.ready = True
+        logger.info("ready", extra={"fields": {"models": list(self.names)}})
+
+    async def _load(self, name: str) -> ServedModel:
+        s = self.settings
+        detector = await asyncio.to_thread(
+            Detector.load, s.model_repository, name, device=s.device, threads=s.scoring_threads
+        )
+        batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
+            name,
+            _score_call(detector),
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_batch_wait_s,
+            max_queue=s.max_queue,
+            timeout_s=s.request_timeout_s,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        try:
+            await batcher.warm_up(
+                partial(_warm_up, detector, s.max_batch_size, s.warmup_iterations)
+            )
+        except BaseException:
+            await batcher.stop()
+            raise
+        info, calibration = _describe(detector)
+        self.metrics.register_model(
+            name, detector.version, detector.device, detector.backend, detector.reference_sizes
+        )
+        return ServedModel(
+            detector=detector,
+            batcher=batcher,
+            spec=InputSpec(detector.input_shape, _layer_dims(detector)),
+            info=info,
+            manifest=detector.manifest.model_dump(mode="json"),
+            calibration=calibration,
+            max_evaluate=s.max_queue,
+        )
+
+    async def close(self) -> None:
+        """Stop every batcher (waiting requests get 503)."""
+        for served in self.models.values():
+            await served.batcher.stop()

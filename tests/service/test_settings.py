@@ -1,0 +1,94 @@
+"""Settings: SNNL_* environment variables, validators that refuse unsafe values."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, setting_env, setting_flag
+from snnl.cli.serve import FLAGS
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(setting_env(name), raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert s.model_repository == Path("models")
+    assert (s.device, s.max_batch_size, s.max_batch_wait_ms, s.max_queue) == (
+        "auto",
+        128,
+        2.0,
+        4096,
+    )
+    assert (s.host, s.port, s.log_level, s.api_keys) == ("127.0.0.1", 8000, "INFO", ())
+    assert s.max_batch_wait_s == 0.002
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = {
+        "SNNL_MODEL_REPOSITORY": str(tmp_path),
+        "SNNL_DEVICE": "cpu",
+        "SNNL_MAX_BATCH_SIZE": "64",
+        "SNNL_MAX_BATCH_WAIT_MS": "0",
+        "SNNL_MAX_QUEUE": "64",
+        "SNNL_MAX_REQUEST_BYTES": "2048",
+        "SNNL_REQUEST_TIMEOUT_S": "1.5",
+        "SNNL_API_KEYS": " key-aaaaaaaaaaaaaaaa , key-bbbbbbbbbbbbbbbb,",
+        "SNNL_LOG_LEVEL": "debug",
+    }
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    s = Settings()
+    assert s.model_repository == tmp_path
+    assert (s.device, s.max_batch_size, s.max_batch_wait_ms, s.max_queue) == ("cpu", 64, 0.0, 64)
+    assert (s.max_request_bytes, s.request_timeout_s, s.log_level) == (2048, 1.5, "DEBUG")
+    assert s.api_key_bytes() == (b"key-aaaaaaaaaaaaaaaa", b"key-bbbbbbbbbbbbbbbb")
+    assert "key-aaaa" not in repr(s)  # secrets never print
+
+
+def test_keyword_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNNL_PORT", "9000")
+    assert Settings(port=9100).port == 9100
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_batch_size": 0}, "greater than or equal to 1"),
+        ({"max_batch_wait_ms": -1}, "greater than or equal to 0"),
+        ({"max_batch_wait_ms": 5000}, "less than or equal to 1000"),
+        (
+            {"max_queue": 10, "max_batch_size": 20},
+            "max_queue (10) must be at least max_batch_size (20)",
+        ),
+        ({"max_request_bytes": 10}, "greater than or equal to 1024"),
+        ({"request_timeout_s": 0}, "greater than 0"),
+        ({"api_keys": "short"}, "at least 16 characters"),
+        ({"api_keys": "0123456789abcdef 0123"}, "may not contain whitespace"),
+        ({"device": "tpu"}, "'auto', 'cpu' or 'cuda'"),
+        ({"port": 0}, "greater than or equal to 1"),
+        ({"log_level": "chatty"}, "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ({"model_repository": "does-not-exist"}, "'does-not-exist' is not a directory"),
+        ({"workers": 4}, "Extra inputs are not permitted"),
+    ],
+)
+def test_unsafe_values_are_refused(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(**values)
+
+
+def test_every_setting_has_its_flag_and_variable() -> None:
+    assert sorted(setting for setting, _, _ in FLAGS) == sorted(Settings.model_fields)
+    for setting, flag, _ in FLAGS:
+        assert flag == setting_flag(setting)
+    assert setting_flag("model_repository") == "--repository"
+    assert setting_env("max_queue") == "SNNL_MAX_QUEUE"
