@@ -11,8 +11,13 @@ sets made from data the model never saw:
     permute   each ID test sample's features in random order
     shift     the ID test samples + 0.5 (hi - lo)
 
-Then ablations of the served soft-neighbor score (temperature rule, served layers) and of the
-soft-neighbor mass detector (geometries). Everything is fitted on in-distribution data only.
+The served detector ``soft_neighbor`` is the model's nonconformity (the default neighbor-mass);
+``soft_neighbor_ratio`` is SPEC §2's sum_l -log s_l on the same export. Then ablations of the
+ratio (temperature rule, served layers; re-exports with ``nonconformity="neg-log-score"``) and of
+the mass (one geometry only; re-exports with ``mass_geometries``). Everything is fitted on
+in-distribution data only. The flag's false-positive rate on ID data is measured on the test
+split and as the mean over 1000 random calibration/test re-splits of the pooled
+calibration + test scores.
 
     .venv/bin/python bench/ood_study.py --work runs/ood_study --json bench/results/ood_study.json
 
@@ -27,7 +32,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,6 @@ from snnl.data import Split, load_dataset
 from snnl.detector import Detector
 from snnl.evaluate import evaluate
 from snnl.export import export_run
-from snnl.neighbor_mass import GEOMETRIES, SoftNeighborMass
 from snnl.ood_metrics import ood_metrics
 from snnl.ood_sets import transform, uniform_noise
 from snnl.run import SPLIT_FILE
@@ -51,8 +54,8 @@ FACTORS = (0.0, -10.0, 1.0)
 IN_CLASSES = [0, 1, 2, 3, 4]
 OUT_CLASSES = [5, 6, 7, 8, 9]
 CREATED = "2024-01-01T00:00:00Z"
-# Served soft-neighbor variants: (tag, temperature rule, first layer only).
-# The served default (all layers, the default rule) is the main table's soft_neighbor row.
+# Ratio (neg-log-score) variants: (tag, temperature rule, first layer only).
+# The default (all layers, the default rule) is the main table's soft_neighbor_ratio row.
 VARIANTS = (
     ("default-first", None, True),
     ("ppl30-all", "perplexity:30", False),
@@ -61,6 +64,7 @@ VARIANTS = (
     ("T1-all", "1.0", False),
 )
 MASS_VARIANTS = (("mass-cos", ("cosine",)), ("mass-euc", ("euclidean",)))
+RESPLITS = 1000
 
 
 def ood_sets(dataset: str, split: Split, seed: int) -> dict[str, np.ndarray]:
@@ -81,44 +85,31 @@ def aurocs(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str
     return {stem: 100 * ood_metrics(id_scores, s).auroc for stem, s in ood_scores.items()}
 
 
-def served_variant(
-    run_dir: Path, work: Path, name: str, rule: str | None, first: bool, x: np.ndarray, sets: dict
+def variant(
+    run_dir: Path, work: Path, name: str, options: dict, x: np.ndarray, sets: dict
 ) -> dict[str, float]:
-    """AUROC % of the served soft-neighbor score of a re-export with ``rule`` (None: the
-    default) and, with ``first``, the first hidden layer only."""
-    layers = None
-    if first:
-        layers = [json.loads((run_dir / "config.json").read_text())["hidden_layers"][0]]
-    options = {} if rule is None else {"temperature_rule": rule}
-    export_run(run_dir, work / "models", name, layers=layers, created=CREATED, **options)
+    """AUROC % of -nonconformity of a re-export of the run with ``options`` (export_run)."""
+    export_run(run_dir, work / "models", name, created=CREATED, **options)
     det = Detector.load(work / "models", name, device="cpu")
     id_scores = -det.score(x).nonconformity
     return aurocs(id_scores, {stem: -det.score(s).nonconformity for stem, s in sets.items()})
 
 
-def mass_scorer(
-    det: Detector, geometries: tuple = GEOMETRIES
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Samples (B, *shape) -> soft-neighbor mass scores (B,), fitted on the reference set."""
-    reference = {layer: det.reference_features(layer) for layer in det.layers}
-    mass = SoftNeighborMass(geometries=geometries).fit(reference, det.reference_labels)
-
-    def score(v: np.ndarray) -> np.ndarray:
-        out = det.forward(v)
-        return mass.score(out.features, out.logits.argmax(1))
-
-    return score
-
-
-def mass_flag_rate(det: Detector, split: Split, alpha: float = 0.05) -> float:
-    """Flag rate on the ID test split of the conformal flag built on the mass score, calibrated
-    on the run's calibration split: p = (1 + #{cal <= s}) / (n + 1), flag p < alpha."""
-    score = mass_scorer(det)
-    calibration = np.sort(score(split.x_calibration))
-    p = (1 + np.searchsorted(calibration, score(split.x_test), side="right")) / (
-        len(calibration) + 1
+def resplit_flag_rate(det: Detector, split: Split, alpha: float, seed: int) -> float:
+    """Mean flag rate over RESPLITS random calibration/test re-splits of the pooled calibration
+    + test nonconformities (same calibration size): p = (1 + #{a_i >= a}) / (n + 1) < alpha."""
+    a = np.concatenate(
+        [det.score(split.x_calibration).nonconformity, det.score(split.x_test).nonconformity]
     )
-    return float(np.mean(p < alpha))
+    n = len(split.y_calibration)
+    rng = np.random.default_rng(seed)
+    rates = []
+    for _ in range(RESPLITS):
+        order = rng.permutation(len(a))
+        calibration = np.sort(a[order[:n]])
+        below = np.searchsorted(calibration, a[order[n:]], side="left")
+        rates.append(np.mean((1.0 + n - below) / (n + 1.0) < alpha))
+    return float(np.mean(rates))
 
 
 def study_one(dataset: str, factor: float, seed: int, work: Path) -> dict[str, object]:
@@ -141,20 +132,26 @@ def study_one(dataset: str, factor: float, seed: int, work: Path) -> dict[str, o
         detector: {stem: 100 * ev.ood[stem][detector].auroc for stem in sets}
         for detector in ev.id_scores
     }
+    first_layer = [json.loads((run_dir / "config.json").read_text())["hidden_layers"][0]]
     for tag, rule, first in VARIANTS:
-        table[f"sn:{tag}"] = served_variant(
-            run_dir, work, f"{name}-{tag}", rule, first, split.x_test, sets
-        )
+        options: dict = {"nonconformity": "neg-log-score"}
+        if rule is not None:
+            options["temperature_rule"] = rule
+        if first:
+            options["layers"] = first_layer
+        table[f"ratio:{tag}"] = variant(run_dir, work, f"{name}-{tag}", options, split.x_test, sets)
     for tag, geometries in MASS_VARIANTS:
-        score = mass_scorer(det, geometries)
-        table[tag] = aurocs(score(split.x_test), {stem: score(s) for stem, s in sets.items()})
+        options = {"mass_geometries": geometries}
+        table[tag] = variant(run_dir, work, f"{name}-{tag}", options, split.x_test, sets)
     return {
         "dataset": dataset,
         "factor": factor,
         "seed": seed,
         "accuracy": ev.accuracy,
         "flag_false_positive_rate": ev.flag_false_positive_rate,
-        "mass_flag_false_positive_rate": mass_flag_rate(det, split),
+        "resplit_flag_rate": resplit_flag_rate(det, split, manifest.alpha, seed),
+        "test_size": len(split.y_test),
+        "calibration_size": len(split.y_calibration),
         "temperatures": {layer.name: layer.temperature for layer in manifest.layers},
         "entanglement": ev.entanglement,
         "auroc": table,
@@ -164,40 +161,55 @@ def study_one(dataset: str, factor: float, seed: int, work: Path) -> dict[str, o
     }
 
 
-MAIN = ("soft_neighbor", "msp", "energy", "mahalanobis", "knn", "soft_neighbor_mass")
+MAIN = ("soft_neighbor", "msp", "energy", "mahalanobis", "knn", "soft_neighbor_ratio")
+BASELINES = ("msp", "energy", "mahalanobis", "knn")
 
 
 def main_table(results: list[dict]) -> str:
-    """Per (dataset, factor): AUROC % per OOD set and the mean, for the report's detectors."""
+    """Per (dataset, factor): AUROC % per OOD set and the mean, for the report's detectors; the
+    served mean in bold where it beats every baseline's mean."""
     stems = list(results[0]["auroc"]["soft_neighbor"])
     lines = [
-        "| data | factor | acc % | flag FPR % (served, mass) | detector | "
+        "| data | factor | acc % | flag FPR % (test, re-splits) | detector | "
         + " | ".join(stems)
         + " | mean |",
         "|---|---:|---:|---:|---|" + "---:|" * (len(stems) + 1),
     ]
     for r in results:
-        base = max(
-            statistics.fmean(r["auroc"][d].values()) for d in MAIN if d != "soft_neighbor_mass"
-        )
+        base = max(statistics.fmean(r["auroc"][d].values()) for d in BASELINES)
         for d in MAIN:
             values = [r["auroc"][d][s] for s in stems]
             mean = statistics.fmean(values)
-            mark = "**" if d == "soft_neighbor_mass" and mean > base else ""
+            mark = "**" if d == "soft_neighbor" and mean > base else ""
             lines.append(
                 f"| {r['dataset']} | {r['factor']:g} | {100 * r['accuracy']:.1f} "
                 f"| {100 * r['flag_false_positive_rate']:.1f}, "
-                f"{100 * r['mass_flag_false_positive_rate']:.1f} | {d} | "
+                f"{100 * r['resplit_flag_rate']:.2f} | {d} | "
                 + " | ".join(f"{v:.1f}" for v in values)
                 + f" | {mark}{mean:.1f}{mark} |"
             )
     return "\n".join(lines)
 
 
+def wins(results: list[dict]) -> str:
+    """How often the served detector beats (> 0.1), ties (within 0.1) or loses to the best
+    baseline, over every (model, OOD set) cell."""
+    counts = {"win": 0, "tie": 0, "loss": 0}
+    losses = []
+    for r in results:
+        for stem, served in r["auroc"]["soft_neighbor"].items():
+            best = max(r["auroc"][d][stem] for d in BASELINES)
+            key = "win" if served > best + 0.1 else "tie" if served >= best - 0.1 else "loss"
+            counts[key] += 1
+            if key == "loss":
+                losses.append(f"{r['dataset']} {r['factor']:g} {stem}: {served:.1f} vs {best:.1f}")
+    return f"{counts} losses: {losses}"
+
+
 def ablation_table(results: list[dict]) -> str:
     """Mean AUROC % over the OOD sets (and on 'classes') of the variants."""
-    keys = ["soft_neighbor"] + [f"sn:{tag}" for tag, _, _ in VARIANTS]
-    keys += [t for t, _ in MASS_VARIANTS] + ["soft_neighbor_mass"]
+    keys = ["soft_neighbor_ratio"] + [f"ratio:{tag}" for tag, _, _ in VARIANTS]
+    keys += [t for t, _ in MASS_VARIANTS] + ["soft_neighbor"]
     lines = [
         "| data | factor | " + " | ".join(keys) + " |",
         "|---|---:|" + "---:|" * len(keys),
@@ -235,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print("## AUROC % per OOD set\n")
     print(main_table(results))
+    print("\nServed vs best baseline per cell:", wins(results))
     print("\n## Ablations: mean AUROC % over the six OOD sets (AUROC % on held-out classes)\n")
     print(ablation_table(results))
     return 0

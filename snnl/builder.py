@@ -4,9 +4,10 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
 
 1. the reference set is serialized at the requested dtype and read back, so everything below
    sees exactly the values that will be served (float16 rounding included);
-2. each layer's temperature is chosen from the reference set alone (snnl.temperature_rule);
+2. each layer's temperature is chosen from the reference set alone (snnl.temperature_rule), and
+   so are the terms of the neighbor-mass nonconformity (snnl.neighbor_mass), the default kind;
 3. the calibration inputs are scored by the same Detector code a query goes through, and the
-   sorted nonconformities and per-layer scores are kept (snnl.conformal);
+   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept (snnl.conformal);
 4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
    manifest's provenance;
 5. the folder is written atomically with sha256s (snnl.repository).
@@ -29,13 +30,17 @@ from snnl.conformal import Calibration
 from snnl.detector import Detector
 from snnl.distances import Distance
 from snnl.errors import InputError
+from snnl.neighbor_mass import GEOMETRIES, fit_neighbor_mass
 from snnl.reference import ReferenceSet, StorageDtype
 from snnl.repository import (
     CALIBRATION_FILE,
     MODEL_FILE,
+    NONCONFORMITY_KINDS,
     REFERENCE_FILE,
     LayerSpec,
     Manifest,
+    NegLogScore,
+    Nonconformity,
     check_name,
     write_model,
 )
@@ -44,6 +49,7 @@ from snnl.runtime import OnnxRunner, resolve_device
 from snnl.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
+DEFAULT_NONCONFORMITY = "neighbor-mass"
 BATCH = 1024
 
 
@@ -62,6 +68,8 @@ class ModelRecipe:
     reference_dtype: StorageDtype = "float32"
     alpha: float = 0.05
     neighbors: int = 50
+    nonconformity: str = DEFAULT_NONCONFORMITY
+    mass_geometries: Sequence[Distance] = GEOMETRIES
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,17 +92,29 @@ def _length(inputs: Inputs) -> int:
     return len(inputs) if isinstance(inputs, np.ndarray) else len(next(iter(inputs.values())))
 
 
-def log_scores(detector: Detector, inputs: Inputs) -> np.ndarray:
-    """log s_l (n, L) of ``inputs`` scored like queries (no calibration needed), in batches."""
-    parts = []
+def calibration_scores(detector: Detector, inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
+    in batches."""
+    log_score, a = [], []
     for start in range(0, _length(inputs), BATCH):
         rows = _rows(inputs, start, start + BATCH)
         if isinstance(rows, np.ndarray):
             output = detector.forward(rows)
-            parts.append(detector.batch_scores(output.features, output.logits).log_score)
+            scores = detector.batch_scores(output.features, output.logits)
         else:
-            parts.append(detector.batch_scores(rows, None).log_score)
-    return np.concatenate(parts)
+            scores = detector.batch_scores(rows, None)
+        log_score.append(scores.log_score)
+        a.append(detector.nonconformity(scores))
+    return np.concatenate(log_score), np.concatenate(a)
+
+
+def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonconformity:
+    """The manifest's nonconformity section, fitted on the served reference set only."""
+    if recipe.nonconformity == "neg-log-score":
+        return NegLogScore()
+    return fit_neighbor_mass(
+        served.features, served.labels, geometries=recipe.mass_geometries, seed=seed
+    )
 
 
 def score_all(detector: Detector, inputs: Inputs) -> ScoreResult:
@@ -138,6 +158,7 @@ def _manifest(
         alpha=recipe.alpha,
         neighbors=recipe.neighbors,
         calibration_size=calibration_size,
+        nonconformity=_nonconformity(recipe, served, seed),
         provenance={**recipe.provenance, "temperature_rule": recipe.temperature_rule},
     )
 
@@ -156,6 +177,11 @@ def build_model(
     """Build and write ``repository/<recipe.name>``; returns the written manifest."""
     check_name(recipe.name)
     check_rule(recipe.temperature_rule)
+    if recipe.nonconformity not in NONCONFORMITY_KINDS:
+        raise InputError(
+            f"nonconformity: expected one of {', '.join(NONCONFORMITY_KINDS)}, "
+            f"got {recipe.nonconformity!r}"
+        )
     target = resolve_device(device)
     reference_bytes = reference.to_bytes(recipe.reference_dtype)
     served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
@@ -166,7 +192,7 @@ def build_model(
         raise InputError(f"manifest of {recipe.name!r}: {'; '.join(lines[:3])}") from err
     runner = None if onnx_model is None else OnnxRunner(onnx_model, served.layers, target)
     detector = Detector(manifest, reference=served, calibration=None, runner=runner, device=target)
-    calibration = Calibration.fit(served.layers, log_scores(detector, calibration_inputs))
+    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_inputs))
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration

@@ -2,7 +2,8 @@
 
 SPEC §2, with n calibration points scored exactly like queries:
 
-    a(x)   = sum_l -log max(s_l(x), 1e-12)
+    a(x)   = sum_l -log max(s_l(x), 1e-12)       (kind "neg-log-score"; the served default is
+                                                  "neighbor-mass", snnl.neighbor_mass)
     p(x)   = (1 + #{i : a_i >= a(x)}) / (n + 1)
     p_l(x) = (1 + #{i : s_l,i <= s_l(x)}) / (n + 1)
     outlier(x) = p(x) < alpha
@@ -25,6 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from snnl.errors import RepositoryError
+from snnl.repository import NeighborMass
 
 SCORE_FLOOR = 1e-12
 _LOG_FLOOR = math.log(SCORE_FLOOR)
@@ -36,6 +38,17 @@ def nonconformity(log_score: np.ndarray) -> np.ndarray:
     return 0.0 - floored.sum(axis=1)  # 0.0 - x: no negative zero when every s_l = 1
 
 
+def mass_nonconformity(log_mass: np.ndarray, spec: NeighborMass) -> np.ndarray:
+    """a (B,) = -sum_t (m_t - mean_t) / std_t, the neighbor-mass nonconformity
+    (snnl.neighbor_mass), from the terms' masses ``log_mass`` (B, K) at the predicted class."""
+    m = np.asarray(log_mass, dtype=np.float64)
+    if m.ndim != 2 or m.shape[1] != len(spec.terms):
+        raise ValueError(f"log_mass must be (B, {len(spec.terms)}), got {m.shape}")
+    mean = np.array([t.mean for t in spec.terms])
+    std = np.array([t.std for t in spec.terms])
+    return 0.0 - ((m - mean) / std).sum(axis=1)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Sorted calibration nonconformities (n,) and per-layer scores s_l (n,) per layer, float64."""
@@ -45,14 +58,20 @@ class Calibration:
     scores: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, layers: Sequence[str], log_score: np.ndarray) -> Calibration:
-        """Calibration from the log-scores (n, L) of the calibration points, layers in order."""
+    def fit(
+        cls, layers: Sequence[str], log_score: np.ndarray, a: np.ndarray | None = None
+    ) -> Calibration:
+        """Calibration from the log-scores (n, L) of the calibration points, layers in order,
+        and their nonconformities ``a`` (n,) (default: SPEC §2's ``nonconformity(log_score)``)."""
         log_score = np.asarray(log_score, dtype=np.float64)
         if log_score.ndim != 2 or log_score.shape[1] != len(layers) or log_score.shape[0] < 1:
             raise ValueError(f"log_score must be (n >= 1, L={len(layers)}), got {log_score.shape}")
+        a = nonconformity(log_score) if a is None else np.asarray(a, dtype=np.float64)
+        if a.shape != (log_score.shape[0],) or not np.all(np.isfinite(a)):
+            raise ValueError(f"a must be ({log_score.shape[0]},) finite, got {a.shape}")
         return cls(
             layers=tuple(layers),
-            nonconformity=np.sort(nonconformity(log_score)),
+            nonconformity=np.sort(a),
             scores={name: np.sort(np.exp(log_score[:, i])) for i, name in enumerate(layers)},
         )
 

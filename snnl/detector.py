@@ -5,9 +5,10 @@
     res = det.score_embeddings({"embedding": e})       # embedding-only models: {layer: (B, d_l)}
 
 A score is one forward pass (logits and the served layers), then per layer one chunked matrix
-product against the reference set on the device (snnl.scoring), then p-values from the sorted
-calibration arrays (snnl.conformal). The object is read-only after loading: ``score`` may be
-called from any thread.
+product against the reference set on the device (snnl.scoring, which also computes the
+neighbor-mass terms of the manifest's nonconformity), then a(x) of the manifest's kind and
+p-values from the sorted calibration arrays (snnl.conformal). The object is read-only after
+loading: ``score`` may be called from any thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
-from snnl.conformal import Calibration, flag, nonconformity
+from snnl.conformal import Calibration, flag, mass_nonconformity
+from snnl.conformal import nonconformity as neg_log_score
 from snnl.errors import InputError, RepositoryError
 from snnl.reference import ReferenceSet
 from snnl.repository import (
@@ -28,6 +30,7 @@ from snnl.repository import (
     MODEL_FILE,
     REFERENCE_FILE,
     Manifest,
+    NeighborMass,
     read_model_files,
     read_verified,
 )
@@ -67,12 +70,15 @@ class Detector:
         self.reference_labels: np.ndarray = reference.labels.cpu().numpy()
         self.reference_sizes: dict[str, int] = {name: reference.size for name in self.layers}
         self._dims = {name: layer.dim for name, layer in specs.items()}
+        spec = manifest.nonconformity
+        terms = spec.terms if isinstance(spec, NeighborMass) else []
         self._scorer = SoftNeighborScorer(
             {name: reference.features[name].to(device) for name in self.layers},
             reference.labels.to(device),
             num_classes=len(manifest.class_names),
             temperatures={name: layer.temperature for name, layer in specs.items()},
             distances={name: layer.distance for name, layer in specs.items()},
+            mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
             chunk_size=chunk_size,
         )
 
@@ -176,6 +182,14 @@ class Detector:
             queries, predicted, k=self.manifest.neighbors, neighbors=neighbors
         )
 
+    def nonconformity(self, scores: BatchScores) -> np.ndarray:
+        """a (B,) of the manifest's kind: the neighbor-mass sum (snnl.neighbor_mass) or SPEC §2's
+        sum_l -log max(s_l, 1e-12) (snnl.conformal)."""
+        spec = self.manifest.nonconformity
+        if isinstance(spec, NeighborMass):
+            return mass_nonconformity(scores.log_mass, spec)
+        return neg_log_score(scores.log_score)
+
     def score(
         self, x: np.ndarray, *, alpha: float | None = None, neighbors: int = 0
     ) -> ScoreResult:
@@ -215,7 +229,7 @@ class Detector:
         start = time.perf_counter()
         scores = self.batch_scores(features, logits, neighbors=neighbors)
         middle = time.perf_counter()
-        a = nonconformity(scores.log_score)
+        a = self.nonconformity(scores)
         p = self.calibration.p_value(a)
         layer_p = self.calibration.layer_p_values(scores.log_score)
         if logits is None:

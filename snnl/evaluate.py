@@ -3,12 +3,13 @@
 For one ``Detector``, an in-distribution (ID) labeled set and one or more OOD sets, every
 detector gives a score per sample, higher = more in-distribution:
 
-* ``soft_neighbor``: -a(x), the negated conformal nonconformity of SPEC §2 (the same ranking
-  as the p-value p(x), without its ties);
+* ``soft_neighbor``: -a(x), the negated nonconformity of the served flag (the manifest's kind,
+  by default the neighbor mass of snnl.neighbor_mass; the same ranking as the p-value p(x),
+  without its ties);
 * ``msp``, ``energy``: from the logits; ``mahalanobis``, ``knn``: from the penultimate layer
   (the manifest's last layer), fitted on the model's reference set (``snnl.baselines``);
-* ``soft_neighbor_mass`` (an extra row, unless ``with_mass=False``): the proposed soft-neighbor
-  mass over all served layers (``snnl.neighbor_mass``), fitted on the reference set.
+* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), SPEC §2's starting point
+  (the fraction of soft-neighbor mass in the predicted class), for comparison.
 
 Per OOD set and detector: AUROC, FPR at 95% TPR and AUPR with ID positive
 (``snnl.ood_metrics``). On the ID set: accuracy, the flag's false-positive rate (fraction
@@ -24,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from snnl.baselines import BaselineDetector, default_baselines
+from snnl.conformal import nonconformity as neg_log_score
 from snnl.embedding_eval import EmbeddingEvaluation, evaluate_embeddings
 from snnl.errors import InputError
-from snnl.neighbor_mass import SoftNeighborMass
 from snnl.ood_metrics import OODMetrics, ood_metrics
 
 if TYPE_CHECKING:
@@ -34,18 +35,20 @@ if TYPE_CHECKING:
 
 SOFT_NEIGHBOR = "soft_neighbor"
 DETECTORS: tuple[str, ...] = (SOFT_NEIGHBOR, "msp", "energy", "mahalanobis", "knn")
-MASS = SoftNeighborMass.name
+RATIO = "soft_neighbor_ratio"
 BATCH_SIZE = 512
 
 
 @dataclass
 class ModelOutputs:
     """Everything the detectors need about one set: logits (B, C) or None for an
-    embedding-only model, features {layer: (B, d)}, the soft-neighbor scores and flags."""
+    embedding-only model, features {layer: (B, d)}, the soft-neighbor scores s_l (B, L),
+    the served nonconformity and flags."""
 
     logits: np.ndarray | None
     features: dict[str, np.ndarray]
     prediction: np.ndarray
+    soft_neighbor_score: np.ndarray
     nonconformity: np.ndarray
     outlier: np.ndarray
 
@@ -57,6 +60,7 @@ class Evaluation:
     model: str
     version: str
     alpha: float
+    nonconformity: str  # the manifest's kind, the soft_neighbor detector
     accuracy: float
     flag_false_positive_rate: float
     layers: EmbeddingEvaluation
@@ -72,11 +76,12 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         """report.json: SPEC §4 keys (accuracy, flag_false_positive_rate, entanglement, ood)
-        plus model, version, alpha, sizes and the per-layer evaluation."""
+        plus model, version, alpha, nonconformity, sizes and the per-layer evaluation."""
         return {
             "model": self.model,
             "version": self.version,
             "alpha": self.alpha,
+            "nonconformity": self.nonconformity,
             "accuracy": self.accuracy,
             "flag_false_positive_rate": self.flag_false_positive_rate,
             "entanglement": self.entanglement,
@@ -119,6 +124,7 @@ def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) ->
         logits=np.concatenate(logits) if logits else None,
         features={layer: np.concatenate(parts) for layer, parts in features.items()},
         prediction=np.concatenate([r.prediction for r in results]),
+        soft_neighbor_score=np.concatenate([r.soft_neighbor_score for r in results]),
         nonconformity=np.concatenate([r.nonconformity for r in results]),
         outlier=np.concatenate([r.outlier for r in results]),
     )
@@ -142,10 +148,7 @@ def fit_baselines(
 
 
 def detector_scores(
-    outputs: ModelOutputs,
-    baselines: list[BaselineDetector],
-    penultimate: str,
-    mass: SoftNeighborMass | None = None,
+    outputs: ModelOutputs, baselines: list[BaselineDetector], penultimate: str
 ) -> dict[str, np.ndarray]:
     """{detector: ID scores (B,)}, higher = more in-distribution."""
     scores = {SOFT_NEIGHBOR: -outputs.nonconformity.astype(np.float64)}
@@ -154,8 +157,8 @@ def detector_scores(
         logits = np.zeros((len(outputs.prediction), 1))
     for baseline in baselines:
         scores[baseline.name] = baseline.score(logits, outputs.features[penultimate])
-    if mass is not None:
-        scores[MASS] = mass.score(outputs.features, outputs.prediction)
+    with np.errstate(divide="ignore"):  # s_l = 0 is floored at 1e-12
+        scores[RATIO] = -neg_log_score(np.log(outputs.soft_neighbor_score))
     return scores
 
 
@@ -176,7 +179,6 @@ def evaluate(
     ood_sets: Mapping[str, np.ndarray],
     *,
     baselines: list[BaselineDetector] | None = None,
-    with_mass: bool = True,
     batch_size: int = BATCH_SIZE,
 ) -> Evaluation:
     """Evaluate ``det`` on the ID set (id_x (N, *shape), id_y (N,) in the model's label space)
@@ -190,18 +192,14 @@ def evaluate(
     if id_y.shape != (len(id_x),) or id_y.min() < 0 or id_y.max() >= num_classes:
         raise InputError(f"id.y: expected ({len(id_x)},) class ids in 0..{num_classes - 1}")
     fitted = fit_baselines(det, baselines)
-    mass = None
-    if with_mass:
-        reference = {layer: det.reference_features(layer) for layer in det.layers}
-        mass = SoftNeighborMass().fit(reference, det.reference_labels)
     penultimate = det.layers[-1]
     id_out = model_outputs(det, id_x, batch_size)
-    id_scores = detector_scores(id_out, fitted, penultimate, mass)
+    id_scores = detector_scores(id_out, fitted, penultimate)
     ood_scores: dict[str, dict[str, np.ndarray]] = {}
     ood: dict[str, dict[str, OODMetrics]] = {}
     for stem, x in ood_sets.items():
         outputs = model_outputs(det, x, batch_size)
-        ood_scores[stem] = detector_scores(outputs, fitted, penultimate, mass)
+        ood_scores[stem] = detector_scores(outputs, fitted, penultimate)
         ood[stem] = {
             name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores
         }
@@ -215,6 +213,7 @@ def evaluate(
         model=det.name,
         version=det.version,
         alpha=float(det.manifest.alpha),
+        nonconformity=det.manifest.nonconformity.kind,
         accuracy=float(np.mean(id_out.prediction == id_y)),
         flag_false_positive_rate=float(np.mean(id_out.outlier)),
         layers=layers,

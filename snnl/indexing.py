@@ -9,15 +9,17 @@ encoder's embeddings to ``Detector.score_embeddings({layer: (B, d)})``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from snnl.builder import ModelRecipe, build_model
+from snnl.builder import DEFAULT_NONCONFORMITY, ModelRecipe, build_model
 from snnl.data import read_npz
 from snnl.distances import Distance
 from snnl.errors import InputError
+from snnl.neighbor_mass import GEOMETRIES
 from snnl.reference import ReferenceSet, StorageDtype
 from snnl.repository import Manifest
 from snnl.temperature_rule import DEFAULT_RULE
@@ -34,6 +36,8 @@ def index_embeddings(
     distance: Distance = "cosine",
     calibration_fraction: float = 0.15,
     temperature_rule: str = DEFAULT_RULE,
+    nonconformity: str = DEFAULT_NONCONFORMITY,
+    mass_geometries: Sequence[Distance] = GEOMETRIES,
     reference_dtype: StorageDtype = "float32",
     version: str = "1",
     created: str | None = None,
@@ -68,6 +72,8 @@ def index_embeddings(
         class_names=[str(c) for c in classes],
         distance=distance,
         temperature_rule=temperature_rule,
+        nonconformity=nonconformity,
+        mass_geometries=tuple(mass_geometries),
         reference_dtype=reference_dtype,
         provenance={
             "source": data.name,

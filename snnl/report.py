@@ -93,9 +93,9 @@ def markdown(evaluation: Evaluation) -> str:
             "",
             ood_table(evaluation),
             "",
-            "soft_neighbor: -nonconformity of the served flag. soft_neighbor_mass (when present):"
-            " the proposed soft-neighbor mass over all served layers (snnl.neighbor_mass), not"
-            " yet the served flag.",
+            f"soft_neighbor: -nonconformity of the served flag ({evaluation.nonconformity})."
+            " soft_neighbor_ratio: -sum_l -log s_l, the fraction of soft-neighbor mass in the"
+            " predicted class (SPEC §2's starting point), for comparison.",
             "",
             "## Layers on the ID set",
             "",

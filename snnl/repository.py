@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,11 +45,48 @@ class LayerSpec(BaseModel):
     reference_size: int = Field(ge=1)
 
 
+class MassTerm(BaseModel):
+    """One term of the neighbor-mass nonconformity: m of ``layer`` under ``distance`` at
+    ``temperature``, standardized as (m - mean) / std."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str = Field(min_length=1)
+    distance: Literal["cosine", "euclidean"]
+    temperature: float = Field(gt=0, allow_inf_nan=False)
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(gt=0, allow_inf_nan=False)
+
+
+class NeighborMass(BaseModel):
+    """a(x) = -sum_terms (m_t(x) - mean_t) / std_t, m_t the soft-neighbor mass of the predicted
+    class (snnl.neighbor_mass); temperatures by the perplexity rule at ``perplexity``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["neighbor-mass"] = "neighbor-mass"
+    perplexity: float = Field(gt=1, allow_inf_nan=False)
+    terms: list[MassTerm] = Field(min_length=1)
+
+
+class NegLogScore(BaseModel):
+    """a(x) = sum_l -log max(s_l(x), 1e-12), SPEC §2's starting point (snnl.conformal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["neg-log-score"] = "neg-log-score"
+
+
+Nonconformity = Annotated[NeighborMass | NegLogScore, Field(discriminator="kind")]
+NONCONFORMITY_KINDS: tuple[str, ...] = ("neighbor-mass", "neg-log-score")
+
+
 class Manifest(BaseModel):
     """manifest.json. ``input_shape`` is None for an embedding-only model (no model.onnx).
 
     ``files`` maps each other file of the folder to its sha256; ``provenance`` is free-form JSON
-    (training run, temperature rule, recorded test metrics)."""
+    (training run, temperature rule, recorded test metrics). ``nonconformity`` says how a(x) is
+    computed; a manifest without it uses SPEC §2's sum of -log s_l."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +102,7 @@ class Manifest(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     neighbors: int = Field(default=50, ge=0)
     calibration_size: int = Field(ge=1)
+    nonconformity: Nonconformity = Field(default_factory=NegLogScore)
     files: dict[str, str] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
@@ -73,6 +111,10 @@ class Manifest(BaseModel):
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique, got {names}")
+        if isinstance(self.nonconformity, NeighborMass):
+            unknown = sorted({t.layer for t in self.nonconformity.terms} - set(names))
+            if unknown:
+                raise ValueError(f"nonconformity terms name layers {unknown} not served")
         if (self.input_shape is None) != (self.input_dtype is None):
             raise ValueError("input_shape and input_dtype are given together or not at all")
         if self.input_shape is not None and any(s < 1 for s in self.input_shape):

@@ -22,21 +22,33 @@ subtracted. Nothing underflows at any T.
 
 The hard count is the number of rows of class c among the k nearest (largest z), kept as a
 running top-k merged over the chunks.
+
+Mass terms (the neighbor-mass nonconformity, snnl.neighbor_mass): for each (layer, distance,
+temperature) term, m = log mean_{j: y_j = c} exp(-D(h, r_j) / T) at the predicted class c, one
+pass over that class's slice of the sorted reference with its maximum subtracted (snnl.kernel).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from snnl.distances import Distance, check_distance, prepare
+from snnl.distances import Distance, check_distance
+from snnl.kernel import (
+    EXP_FLOOR,
+    ReferenceKernel,
+    class_log_mass,
+    prepare_rows,
+    slice_logsumexp,
+)
 
 DEFAULT_CHUNK_SIZE = 16384
 _EXACT_BELOW = -60.0  # log s_l under which the predicted class mass is recomputed on its own
-_EXP_FLOOR = -87.0  # exp(-87) is still a normal float32
+
+MassTermKey = tuple[str, Distance, float]  # (layer, distance, temperature)
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,8 @@ class BatchScores:
     k nearest; ``neighbor_ids`` (B, L, m) int64 the nearest reference rows, nearest first (rows in
     the order the reference was given), or None; ``class_probability`` (B, C) float64 the
     soft-neighbor class probabilities exp(m_k - logsumexp m) of the last layer (a class below
-    e^-60 of the total reads an upper bound, at most N e^-87).
+    e^-60 of the total reads an upper bound, at most N e^-87); ``log_mass`` (B, K) float64 the
+    soft-neighbor mass m(h_l, c) (snnl.kernel) of each of the K mass terms, at the predicted class.
     """
 
     predicted: np.ndarray
@@ -55,31 +68,7 @@ class BatchScores:
     same_class: np.ndarray
     neighbor_ids: np.ndarray | None
     class_probability: np.ndarray
-
-
-class _Layer:
-    """One layer's reference, prepared once: rows (N, d) and the shifted-logit formula."""
-
-    def __init__(self, x: torch.Tensor, distance: Distance, temperature: float) -> None:
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.to(torch.float32)
-        self.distance = distance
-        self.temperature = temperature
-        self.rows = prepare(x, distance).contiguous()
-        # euclidean: z = (2 h / T) r^T - |r|^2 / T; cosine: z = (h / (|h| T)) r^T.
-        self.bias = -self.rows.pow(2).sum(-1) / temperature if distance == "euclidean" else None
-
-    def query(self, h: torch.Tensor) -> torch.Tensor:
-        """The query side of z, (B, d), on the reference's device and dtype."""
-        h = prepare(h.to(device=self.rows.device, dtype=self.rows.dtype), self.distance)
-        return h * ((2.0 if self.distance == "euclidean" else 1.0) / self.temperature)
-
-    def logits(self, q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Shifted logits z (B, stop - start) of ``q`` (see ``query``) vs rows [start, stop)."""
-        rows = self.rows[start:stop].T
-        if self.bias is None:
-            return q @ rows
-        return torch.addmm(self.bias[start:stop], q, rows)
+    log_mass: np.ndarray
 
 
 class SoftNeighborScorer:
@@ -89,6 +78,11 @@ class SoftNeighborScorer:
     float64 stays float64), ``labels`` (N,) holds ints in [0, num_classes). Rows need not be sorted:
     the scorer sorts them once (stably) and reports neighbor ids in the order given. The object is
     read-only after construction, so ``score`` is safe to call from several threads.
+
+    ``mass_terms`` lists (layer, distance, temperature) triples whose soft-neighbor mass at the
+    predicted class (snnl.kernel.class_log_mass) ``score`` also returns. Prepared rows are shared
+    between a layer's kernels of the same distance, so a layer's raw (unnormalized) rows are held
+    only when a euclidean term or layer needs them.
     """
 
     def __init__(
@@ -99,6 +93,7 @@ class SoftNeighborScorer:
         num_classes: int,
         temperatures: Mapping[str, float],
         distances: Mapping[str, Distance],
+        mass_terms: Sequence[MassTermKey] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         if not features:
@@ -123,19 +118,31 @@ class SoftNeighborScorer:
         counts = torch.bincount(self.labels, minlength=num_classes).cpu()
         ends = torch.cumsum(counts, 0)
         self._class_rows = [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
-        self._layers: dict[str, _Layer] = {}
-        for name in self.layers:
-            x = features[name]
-            if x.ndim != 2 or x.shape[0] != labels.shape[0]:
-                raise ValueError(
-                    f"features of layer {name!r} must be (N={labels.shape[0]}, d), "
-                    f"got {tuple(x.shape)}"
-                )
-            temperature = float(temperatures[name])
+        prepared: dict[tuple[str, Distance], torch.Tensor] = {}
+
+        def kernel(name: str, distance: Distance, temperature: float) -> ReferenceKernel:
             if not temperature > 0:
                 raise ValueError(f"temperature of layer {name!r} must be > 0, got {temperature}")
-            distance = check_distance(distances[name])
-            self._layers[name] = _Layer(x if order is None else x[order], distance, temperature)
+            if (name, distance) not in prepared:
+                x = features[name]
+                if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+                    raise ValueError(
+                        f"features of layer {name!r} must be (N={labels.shape[0]}, d), "
+                        f"got {tuple(x.shape)}"
+                    )
+                x = x if order is None else x[order]
+                prepared[name, distance] = prepare_rows(x, distance)
+            return ReferenceKernel(prepared[name, distance], distance, temperature)
+
+        self._layers: dict[str, ReferenceKernel] = {
+            name: kernel(name, check_distance(distances[name]), float(temperatures[name]))
+            for name in self.layers
+        }
+        self._mass: list[tuple[str, ReferenceKernel]] = []
+        for name, distance, temperature in mass_terms:
+            if name not in features:
+                raise ValueError(f"mass term layer {name!r} is not among {list(features)}")
+            self._mass.append((name, kernel(name, check_distance(distance), float(temperature))))
 
     @property
     def reference_size(self) -> int:
@@ -161,7 +168,7 @@ class SoftNeighborScorer:
             stop = min(start + self.chunk_size, self.reference_size)
             z = spec.logits(q, start, stop)
             row_max = z.amax(1, keepdim=True)
-            weights = (z - row_max).clamp_min_(_EXP_FLOOR).exp_()
+            weights = (z - row_max).clamp_min_(EXP_FLOOR).exp_()
             sums = torch.zeros_like(mass).index_add_(1, self.labels[start:stop], weights)
             mass = torch.logaddexp(mass, sums.log_().add_(row_max))
             if top > 0:
@@ -178,18 +185,11 @@ class SoftNeighborScorer:
 
     def exact_class_log_mass(self, layer: str, query: torch.Tensor, label: int) -> torch.Tensor:
         """log sum over the rows of class ``label`` of exp(z), (B,), each chunk reduced with its
-        own maximum M subtracted (terms below M - 87 add at most n_c e^-87 relative: exact at
-        float precision, at any temperature); -inf for an absent class."""
+        own maximum subtracted (snnl.kernel.slice_logsumexp: exact at float precision, at any
+        temperature); -inf for an absent class."""
         spec = self._layers[layer]
-        q = spec.query(query)
         start, stop = self._class_rows[label]
-        result = torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device)
-        for begin in range(start, stop, self.chunk_size):
-            z = spec.logits(q, begin, min(begin + self.chunk_size, stop))
-            top = z.amax(1, keepdim=True)
-            total = (z - top).clamp_min_(_EXP_FLOOR).exp_().sum(1).log_()
-            result = torch.logaddexp(result, total + top[:, 0])
-        return result
+        return slice_logsumexp(spec, spec.query(query), start, stop, self.chunk_size)
 
     @torch.inference_mode()
     def score(
@@ -229,12 +229,18 @@ class SoftNeighborScorer:
             if neighbors > 0:
                 chosen = nearest[:, :neighbors]
                 ids.append(chosen if self._order is None else self._order[chosen])
+        masses = [
+            class_log_mass(spec, queries[name], pred, self._class_rows, self.chunk_size)
+            for name, spec in self._mass
+        ]
+        log_mass = torch.stack(masses, 1) if masses else torch.zeros(len(pred), 0)
         return BatchScores(
             predicted=pred.cpu().numpy(),
             log_score=torch.stack(log_scores, 1).double().cpu().numpy(),
             same_class=torch.stack(counts, 1).cpu().numpy(),
             neighbor_ids=torch.stack(ids, 1).cpu().numpy() if ids else None,
             class_probability=log_probability.exp().double().cpu().numpy(),
+            log_mass=log_mass.double().cpu().numpy(),
         )
 
     def _refine(

@@ -2,6 +2,7 @@
 
     snnl export RUN_DIR --repository models --name digits-mlp [--version 1]
                 [--calibration-fraction 0.15] [--reference-dtype float32|float16]
+                [--nonconformity neighbor-mass|neg-log-score]
 
 Writes model.onnx (checked against PyTorch), the reference set of the training split, the
 calibration of the held-out split and the manifest with sha256s (SPEC §3).
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from snnl.builder import DEFAULT_NONCONFORMITY
 from snnl.distances import DISTANCES
 from snnl.export import export_run
+from snnl.repository import NONCONFORMITY_KINDS
 from snnl.runtime import DEVICES
 from snnl.temperature_rule import DEFAULT_RULE
 
@@ -43,6 +46,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: the run's calibration split)",
     )
     parser.add_argument("--reference-dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument(
+        "--nonconformity",
+        choices=NONCONFORMITY_KINDS,
+        default=DEFAULT_NONCONFORMITY,
+        help="a(x) of the outlier flag: neighbor-mass (standardized soft-neighbor mass of the "
+        "predicted class, cosine and euclidean, per layer) or neg-log-score (sum_l -log s_l, "
+        "SPEC's starting point) (default %(default)s)",
+    )
     parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="served distance (default cosine)"
     )
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         reference_dtype=args.reference_dtype,
         distance=args.distance,
         temperature_rule=args.temperature_rule,
+        nonconformity=args.nonconformity,
         layers=args.layers,
         created=args.created,
         device=args.device,
@@ -87,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             f"temperature {layer.temperature:.4g}, "
             f"{layer.reference_size} reference rows"
         )
+    print(f"  nonconformity: {manifest.nonconformity.kind}")
     test = manifest.provenance.get("test", {})
     print(
         f"  calibration: {manifest.calibration_size} samples; test: {test.get('size')} samples, "

@@ -2,6 +2,7 @@
 
     snnl index FILE.npz --repository models --name my-encoder [--layer embedding]
                [--distance cosine|euclidean] [--calibration-fraction 0.15]
+               [--nonconformity neighbor-mass|neg-log-score]
 
 FILE.npz holds ``x`` (N, d) embeddings and ``y`` (N,) integer labels. Clients then send
 ``{"embeddings": {"<layer>": [[...], ...]}}`` (HTTP) or call ``Detector.score_embeddings``.
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from snnl.builder import DEFAULT_NONCONFORMITY
 from snnl.distances import DISTANCES
 from snnl.indexing import DEFAULT_LAYER, index_embeddings
+from snnl.repository import NONCONFORMITY_KINDS
 from snnl.runtime import DEVICES
 from snnl.temperature_rule import DEFAULT_RULE
 
@@ -38,6 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default %(default)s)",
     )
     parser.add_argument("--reference-dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument(
+        "--nonconformity",
+        choices=NONCONFORMITY_KINDS,
+        default=DEFAULT_NONCONFORMITY,
+        help="a(x) of the outlier flag: neighbor-mass (standardized soft-neighbor mass of the "
+        "predicted class, cosine and euclidean, per layer) or neg-log-score (sum_l -log s_l, "
+        "SPEC's starting point) (default %(default)s)",
+    )
     parser.add_argument("--version", default="1")
     parser.add_argument("--created", help="manifest timestamp YYYY-MM-DDTHH:MM:SSZ")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
@@ -55,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         distance=args.distance,
         calibration_fraction=args.calibration_fraction,
         temperature_rule=args.temperature_rule,
+        nonconformity=args.nonconformity,
         reference_dtype=args.reference_dtype,
         version=args.version,
         created=args.created,
@@ -67,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
         f"layer {layer.name} ({layer.dim}-d, {layer.distance}, "
         f"temperature {layer.temperature:.4g}), "
         f"{layer.reference_size} reference rows, {manifest.calibration_size} calibration rows, "
-        f"{len(manifest.class_names)} classes"
+        f"{len(manifest.class_names)} classes, nonconformity {manifest.nonconformity.kind}"
     )
     return 0

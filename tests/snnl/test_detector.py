@@ -15,7 +15,7 @@ from _tiny_run import make_run
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from snnl.conformal import Calibration, expected_flag_rate, flag, nonconformity
+from snnl.conformal import Calibration, expected_flag_rate, flag
 from snnl.detector import Detector
 from snnl.errors import InputError, RepositoryError
 from snnl.export import export_run
@@ -41,6 +41,14 @@ def embedding_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x, y = _clusters(400, seed=0)
     np.savez(root / "emb.npz", x=x, y=y)
     index_embeddings(root / "emb.npz", root / "repo", "emb", created=CREATED, device="cpu")
+    index_embeddings(
+        root / "emb.npz",
+        root / "repo",
+        "emb-ratio",
+        created=CREATED,
+        device="cpu",
+        nonconformity="neg-log-score",
+    )
     return root / "repo"
 
 
@@ -52,8 +60,36 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "repo", run_dir
 
 
-def test_score_embeddings_matches_slow_formula(embedding_repo: Path) -> None:
-    det = Detector.load(embedding_repo, "emb", device="cpu")
+def _slow_nonconformity(det: Detector, q: np.ndarray, c: int, s: float) -> float:
+    """a(x) of the manifest's kind with explicit loops in float64: SPEC §2's -log s, or minus the
+    sum of the standardized log mean over class-c reference rows of exp(-D / T) per term."""
+    spec = det.manifest.nonconformity
+    if spec.kind == "neg-log-score":
+        return -math.log(max(s, 1e-12))
+    reference = det.reference_features("embedding").astype(np.float64)
+    labels = det.reference_labels
+    a = 0.0
+    for term in spec.terms:
+        logits = []
+        for r, label in zip(reference, labels, strict=True):
+            if label != c:
+                continue
+            if term.distance == "cosine":
+                d = 1.0 - float(q @ r) / (math.sqrt(float(q @ q)) * math.sqrt(float(r @ r)))
+            else:
+                d = sum((float(u) - float(v)) ** 2 for u, v in zip(q, r, strict=True))
+            logits.append(-d / term.temperature)
+        top = max(logits)
+        m = top + math.log(sum(math.exp(v - top) for v in logits) / len(logits))
+        a -= (m - term.mean) / term.std
+    return a
+
+
+@pytest.mark.parametrize("name", ["emb", "emb-ratio"])
+def test_score_embeddings_matches_slow_formula(embedding_repo: Path, name: str) -> None:
+    det = Detector.load(embedding_repo, name, device="cpu")
+    kind = det.manifest.nonconformity.kind
+    assert kind == ("neighbor-mass" if name == "emb" else "neg-log-score")
     assert det.backend == "none" and det.input_shape is None and det.layers == ("embedding",)
     reference = det.reference_features("embedding").astype(np.float64)
     labels = det.reference_labels
@@ -75,7 +111,7 @@ def test_score_embeddings_matches_slow_formula(embedding_repo: Path) -> None:
         ]
         c = int(np.argmax(probs))
         s = probs[c]
-        a = -math.log(max(s, 1e-12))
+        a = _slow_nonconformity(det, q, c, s)
         nearest = sorted(range(len(logits)), key=lambda j: -logits[j])
         assert result.prediction[b] == c
         assert result.confidence[b] == pytest.approx(s, rel=1e-4)
@@ -84,6 +120,7 @@ def test_score_embeddings_matches_slow_formula(embedding_repo: Path) -> None:
         assert result.neighbor_ids is not None
         assert result.neighbor_ids[b, 0].tolist() == nearest[:4]
         n = len(cal_a)
+        assert result.nonconformity[b] == pytest.approx(a, rel=1e-4, abs=1e-4)
         assert result.p_value[b] == pytest.approx((1 + sum(1 for v in cal_a if v >= a)) / (n + 1))
         assert result.layer_p_value[b, 0] == pytest.approx(
             (1 + sum(1 for v in cal_s if v <= s)) / (n + 1)
@@ -96,15 +133,17 @@ def test_flag_rate_on_in_distribution_data_is_calibrated(embedding_repo: Path) -
     of that pool the mean flag rate must be (ceil(alpha (n+1)) - 1) / (n+1) within 5 standard
     deviations (a binomial bound that over-states the variance of re-splits of one pool)."""
     det = Detector.load(embedding_repo, "emb", device="cpu")
+    assert det.manifest.nonconformity.kind == "neighbor-mass"
     x, _ = _clusters(1200, seed=7)
-    log_s = det.batch_scores({"embedding": x}, None).log_score
+    scores = det.batch_scores({"embedding": x}, None)
+    log_s, a = scores.log_score, det.nonconformity(scores)
     rng = np.random.default_rng(0)
     n, repeats, alpha = 399, 1000, 0.05
     rates = []
     for _ in range(repeats):
         order = rng.permutation(len(x))
-        calibration = Calibration.fit(det.layers, log_s[order[:n]])
-        rates.append(flag(calibration.p_value(nonconformity(log_s[order[n:]])), alpha).mean())
+        calibration = Calibration.fit(det.layers, log_s[order[:n]], a[order[:n]])
+        rates.append(flag(calibration.p_value(a[order[n:]]), alpha).mean())
     expected = expected_flag_rate(n, alpha)
     sd = math.sqrt(expected * (1 - expected) * (1 / (n + 2) + 1 / (len(x) - n)) / repeats)
     assert abs(np.mean(rates) - expected) < 5 * sd, (np.mean(rates), expected, sd)

@@ -13,10 +13,9 @@ from snnl.baselines import KNN, MSP, Energy, Mahalanobis
 from snnl.detector import Detector
 from snnl.embedding_eval import evaluate_detector, evaluate_embeddings
 from snnl.errors import InputError
-from snnl.evaluate import DETECTORS, MASS, Evaluation, evaluate
+from snnl.evaluate import DETECTORS, RATIO, Evaluation, evaluate
 from snnl.export import export_run
 from snnl.indexing import index_embeddings
-from snnl.neighbor_mass import SoftNeighborMass
 from snnl.ood_metrics import ood_metrics
 from snnl.ood_sets import transform, uniform_noise
 from snnl.report import write_report
@@ -56,12 +55,10 @@ def test_scores_are_the_detectors_own(
         baseline.fit(reference, det.reference_labels)
         expected = baseline.score(out.logits, out.features[penultimate])
         np.testing.assert_allclose(result.id_scores[baseline.name], expected, rtol=1e-9)
-    mass = SoftNeighborMass().fit(
-        {layer: det.reference_features(layer) for layer in det.layers}, det.reference_labels
-    )
-    np.testing.assert_allclose(
-        result.id_scores[MASS], mass.score(out.features, served.prediction), rtol=1e-9
-    )
+    assert det.manifest.nonconformity.kind == "neighbor-mass"
+    ratio = np.log(np.maximum(served.soft_neighbor_score, 1e-12)).sum(1)
+    np.testing.assert_allclose(result.id_scores[RATIO], ratio, rtol=1e-12)
+    assert result.nonconformity == "neighbor-mass"
 
 
 def test_metrics_and_layers(
@@ -70,7 +67,7 @@ def test_metrics_and_layers(
     det, x, y = model
     assert set(result.ood) == {"noise", "inverted"}
     for stem, per_detector in result.ood.items():
-        assert list(per_detector) == [*DETECTORS, MASS]
+        assert list(per_detector) == [*DETECTORS, RATIO]
         for name, metrics in per_detector.items():
             assert metrics == ood_metrics(result.id_scores[name], result.ood_scores[stem][name])
     assert result.ood["noise"]["mahalanobis"].auroc > 0.9
@@ -103,6 +100,7 @@ def test_report_files(result: Evaluation, tmp_path: Path) -> None:
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {"accuracy", "flag_false_positive_rate", "entanglement", "ood"} <= set(report)
+    assert report["nonconformity"] == "neighbor-mass"
     assert set(report["entanglement"]) == set(result.entanglement)
     for per_detector in report["ood"].values():
         assert set(DETECTORS) <= set(per_detector)
@@ -152,7 +150,7 @@ def test_embedding_only_model(tmp_path: Path) -> None:
     det = Detector.load(tmp_path / "repo", "emb", device="cpu")
     far = (rng.normal(size=(50, 6)) * 10.0).astype(np.float32)
     result = evaluate(det, x[300:], y[300:], {"far": far})
-    assert set(result.ood["far"]) == {"soft_neighbor", "mahalanobis", "knn", MASS}
-    assert result.ood["far"][MASS].auroc > 0.9
+    assert set(result.ood["far"]) == {"soft_neighbor", "mahalanobis", "knn", RATIO}
+    assert result.ood["far"]["soft_neighbor"].auroc > 0.9
     got = evaluate_detector(det, y[300:], embeddings={"embedding": x[300:]})
     assert got.accuracy is not None and got.accuracy > 0.8

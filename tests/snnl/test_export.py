@@ -66,6 +66,28 @@ def test_verify_refuses_a_model_that_differs(run_dir: Path) -> None:
         verify_onnx(model, run.net, layers, run.split.x_test[:10])
 
 
+def test_verify_tolerance_is_absolute_plus_relative(run_dir: Path) -> None:
+    """|onnx - torch| <= 1e-5 + 1e-5 |torch|: logits of size ~10 may differ by ~1e-4 (float32
+    rounding), small outputs by 1e-5 only."""
+    run = load_run(run_dir)
+    layers = run.config.hidden_layers
+    x = run.split.x_test[:10]
+    with torch.no_grad():
+        logits = run.net(torch.from_numpy(x))
+        offset = 1000.0 - float(logits.min())  # make every logit >= 1000
+        run.net.head.bias.add_(offset)
+    shifted = export_onnx(run.net, layers, run.config.input_shape)
+    assert verify_onnx(shifted, run.net, layers, x) <= 1e-5 * (1 + 2000.0)
+    # Logits near 1000 allow an absolute difference of about 1e-2; 5e-3 passes, 2e-2 does not.
+    with torch.no_grad():
+        run.net.head.bias.add_(5e-3)
+    verify_onnx(shifted, run.net, layers, x)
+    with torch.no_grad():
+        run.net.head.bias.add_(1.5e-2)
+    with pytest.raises(SnnlError, match="'logits'"):
+        verify_onnx(shifted, run.net, layers, x)
+
+
 def test_export_writes_a_loadable_model(run_dir: Path, repository: Path) -> None:
     manifest = load_manifest(repository, "tiny")
     run = load_run(run_dir)
@@ -77,6 +99,11 @@ def test_export_writes_a_loadable_model(run_dir: Path, repository: Path) -> None
     assert manifest.calibration_size == len(run.split.y_calibration)
     assert manifest.created == CREATED
     assert set(manifest.files) == {MODEL_FILE, REFERENCE_FILE, CALIBRATION_FILE}
+    spec = manifest.nonconformity
+    assert spec.kind == "neighbor-mass" and spec.perplexity == 30
+    assert [(t.layer, t.distance) for t in spec.terms] == [
+        (layer, g) for layer in ("fc1", "fc2") for g in ("cosine", "euclidean")
+    ]
     detector = Detector.load(repository, "tiny", device="cpu")
     result = detector.score(run.split.x_test)
     test = manifest.provenance["test"]
@@ -137,3 +164,16 @@ def test_calibration_fraction_resplits_the_pool(run_dir: Path, tmp_path: Path) -
         export_run(run_dir, tmp_path, "bad", calibration_fraction=0.9, device="cpu")
     with pytest.raises(InputError, match="--layers"):
         export_run(run_dir, tmp_path, "bad", layers=["head"], device="cpu")
+    with pytest.raises(InputError, match="nonconformity"):
+        export_run(run_dir, tmp_path, "bad", nonconformity="ratio", device="cpu")
+
+
+def test_neg_log_score_kind(run_dir: Path, tmp_path: Path) -> None:
+    manifest = export_run(
+        run_dir, tmp_path, "ratio", nonconformity="neg-log-score", created=CREATED, device="cpu"
+    )
+    assert manifest.nonconformity.kind == "neg-log-score"
+    detector = Detector.load(tmp_path, "ratio", device="cpu")
+    result = detector.score(load_run(run_dir).split.x_test)
+    expected = -np.log(np.maximum(result.soft_neighbor_score, 1e-12)).sum(1)
+    np.testing.assert_allclose(result.nonconformity, expected, rtol=1e-9)

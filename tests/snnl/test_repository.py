@@ -110,3 +110,20 @@ def test_manifest_validation() -> None:
         _manifest().embedding_only
         and not _manifest(input_shape=[8, 8], input_dtype="float32").embedding_only
     )
+
+
+def test_nonconformity_section() -> None:
+    assert _manifest().nonconformity.kind == "neg-log-score"  # manifests written before it
+    term = {"layer": "embedding", "distance": "euclidean", "temperature": 2.0, "mean": -1.5}
+    mass = {"kind": "neighbor-mass", "perplexity": 30, "terms": [{**term, "std": 0.5}]}
+    manifest = _manifest(nonconformity=mass)
+    assert manifest.nonconformity.kind == "neighbor-mass"
+    assert Manifest.model_validate_json(manifest.to_json()) == manifest
+    with pytest.raises(ValueError, match="not served"):
+        _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "layer": "fc9"}]})
+    with pytest.raises(ValueError, match="std"):
+        _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.0}]})
+    with pytest.raises(ValueError, match="terms"):
+        _manifest(nonconformity={**mass, "terms": []})
+    with pytest.raises(ValueError):
+        _manifest(nonconformity={"kind": "mystery"})

@@ -192,3 +192,57 @@ def test_rejects_bad_construction() -> None:
             temperatures={"h": 0.0},
             distances={"h": "cosine"},
         )
+
+
+def _slow_class_mass(q, r, y, c, temperature, distance) -> float:
+    """log mean over the reference rows of class c of exp(-D / T), with the max subtracted."""
+    logits = [-_slow_distance(q, r[j], distance) / temperature for j in range(len(r)) if y[j] == c]
+    return _slow_logsumexp(logits) - math.log(len(logits))
+
+
+@pytest.mark.parametrize("temperature", [1e-4, 0.05, 3.0])
+@pytest.mark.parametrize("chunk_size", [1, 4, 1000])
+def test_mass_terms_match_slow_loop_float64(temperature: float, chunk_size: int) -> None:
+    """The batch path's mass terms (one slice of the label-sorted reference per predicted class)
+    against an explicit loop, for a cosine layer with cosine and euclidean terms; the query is far
+    out (x 50) for some rows so that exp(-D/T) underflows without the max subtracted."""
+    q, r, y, predicted = _data(seed=6)
+    q[:3] *= 50.0
+    terms = [("h", "cosine", temperature), ("h", "euclidean", 2 * temperature)]
+    scorer = SoftNeighborScorer(
+        {"h": torch.from_numpy(r)},
+        torch.from_numpy(y),
+        num_classes=4,
+        temperatures={"h": 0.5},
+        distances={"h": "cosine"},
+        mass_terms=terms,
+        chunk_size=chunk_size,
+    )
+    got = scorer.score({"h": torch.from_numpy(q)}, torch.from_numpy(predicted), k=3)
+    assert got.log_mass.shape == (len(q), 2)
+    for i, (_, distance, t) in enumerate(terms):
+        slow = [_slow_class_mass(q[b], r, y, predicted[b], t, distance) for b in range(len(q))]
+        if distance == "euclidean":
+            assert min(slow) < -800, "some masses must lie below float64's exp range"
+        np.testing.assert_allclose(got.log_mass[:, i], slow, rtol=1e-9, atol=1e-9)
+    plain = SoftNeighborScorer(
+        {"h": torch.from_numpy(r)},
+        torch.from_numpy(y),
+        num_classes=4,
+        temperatures={"h": 0.5},
+        distances={"h": "cosine"},
+    ).score({"h": torch.from_numpy(q)}, torch.from_numpy(predicted), k=3)
+    assert plain.log_mass.shape == (len(q), 0)
+    np.testing.assert_allclose(plain.log_score, got.log_score, rtol=1e-12)
+
+
+def test_mass_term_of_an_unknown_layer_is_refused() -> None:
+    with pytest.raises(ValueError, match="mass term layer"):
+        SoftNeighborScorer(
+            {"h": torch.zeros(3, 2)},
+            torch.tensor([0, 1, 1]),
+            num_classes=2,
+            temperatures={"h": 1.0},
+            distances={"h": "cosine"},
+            mass_terms=[("g", "cosine", 1.0)],
+        )
