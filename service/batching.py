@@ -10,10 +10,10 @@ Three roles (as in LitServe and infinity, minus their process hops):
 * collector (an asyncio task on the event loop): waits for the first chunk, then until the queue
   holds ``max_batch_size`` samples or the oldest chunk has waited ``max_wait_s``, and takes whole
   chunks from the front up to ``max_batch_size`` samples. While a batch runs, the next one fills.
-* worker (one thread per model, never the event loop): groups the batch's chunks by
-  ``(alpha, neighbors)`` in arrival order, concatenates each group and makes one scoring call per
-  group, checks that it returned one row per input row, and splits the rows back. A group that
-  fails is retried chunk by chunk, so a bad request fails alone and every future gets an outcome.
+* worker (one thread per model, never the event loop): ``service.worker.BatchRunner`` makes one
+  scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the rows back; a
+  group that fails is retried chunk by chunk, so a bad request fails alone and every future gets
+  an outcome.
 
 Per-request ``alpha`` and ``neighbors`` are honored by that grouping: every request is scored by
 exactly the call it would get alone, with no math in the service. Requests with the usual
@@ -25,74 +25,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
-
-import numpy as np
+from typing import Generic, TypeVar
 
 from service.errors import TooLarge, Unavailable
-from service.metrics import ScoredBatch, ServiceMetrics
+from service.metrics import ServiceMetrics
+from service.worker import BatchRunner, Part, R, Samples, ScoreFn, num_rows, slice_rows
 
-Samples = np.ndarray | Mapping[str, np.ndarray]
-"""A batch: an array (B, *input_shape), or {layer: (B, d_l)} for embedding-only models."""
-
-BatchKey = tuple[float | None, int]
-"""(alpha, neighbors): requests are merged into one scoring call only when these agree."""
-
-R = TypeVar("R", bound="Result")
 T = TypeVar("T")
-
-
-class Result(ScoredBatch, Protocol):
-    """A scoring call's result (``snnl.ScoreResult`` fits): B rows that slice and concatenate."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self: R, rows: slice) -> R: ...
-
-    @classmethod
-    def concatenate(cls: type[R], parts: Sequence[R]) -> R: ...
-
-
-ScoreFn = Callable[[Samples, float | None, int], R]
-"""``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
-
-
-class BatchError(RuntimeError):
-    """The scoring call broke its contract (wrong number of result rows)."""
-
-
-def num_rows(samples: Samples) -> int:
-    """B of an array (B, ...) or of {layer: (B, d)}."""
-    if isinstance(samples, np.ndarray):
-        return int(samples.shape[0])
-    return int(next(iter(samples.values())).shape[0])
-
-
-def _slice(samples: Samples, start: int, stop: int) -> Samples:
-    if isinstance(samples, np.ndarray):
-        return samples[start:stop]
-    return {layer: values[start:stop] for layer, values in samples.items()}
-
-
-def _concat(parts: Sequence[Samples]) -> Samples:
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts, axis=0)
-    return {layer: np.concatenate([p[layer] for p in parts], axis=0) for layer in parts[0]}
 
 
 @dataclass(eq=False)
 class _Chunk(Generic[R]):
-    samples: Samples
-    size: int
-    key: BatchKey
+    part: Part
     future: asyncio.Future[R]
     enqueued: float = field(default_factory=time.perf_counter)
     queued: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.part.size
 
 
 class DynamicBatcher(Generic[R]):
@@ -118,11 +72,14 @@ class DynamicBatcher(Generic[R]):
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.timeout_s = timeout_s
-        self._score = score
         self._metrics = metrics
+        self._runner: BatchRunner[R] = BatchRunner(
+            model, score, lambda result: metrics.observe_batch(model, result)
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snnl-{model}")
         self._queue: deque[_Chunk[R]] = deque()
         self._queued_samples = 0
+        self._call_samples = 0  # samples of pending ``call``s (evaluate), also bounded by max_queue
         self._running: list[_Chunk[R]] = []
         self._arrived: asyncio.Event | None = None
         self._collector: asyncio.Task[None] | None = None
@@ -155,29 +112,41 @@ class DynamicBatcher(Generic[R]):
         self._set_queued(0)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
+    def _admit(self, n: int, what: str) -> None:
+        """413 if ``n`` samples can never fit the queue, 503 if they do not fit now."""
+        if self._collector is None or self._arrived is None:
+            raise Unavailable(f"model {self.model}: not ready")
+        if n > self.max_queue:
+            raise TooLarge(
+                f"inputs: {n} samples exceed the per-model {what} of {self.max_queue} samples "
+                "(SNNL_MAX_QUEUE); send smaller requests"
+            )
+        if self._queued_samples + self._call_samples + n > self.max_queue:
+            raise Unavailable(
+                f"model {self.model}: overloaded, {self._queued_samples + self._call_samples} of "
+                f"{self.max_queue} queued samples (SNNL_MAX_QUEUE); retry later"
+            )
+
+    def _timed_out(self) -> Unavailable:
+        return Unavailable(
+            f"model {self.model}: no result within {self.timeout_s:g} s "
+            "(SNNL_REQUEST_TIMEOUT_S); retry later"
+        )
+
     async def submit(
         self, samples: Samples, *, alpha: float | None = None, neighbors: int = 0
     ) -> R:
         """Score ``samples`` (B >= 1 rows) within a merged batch; rows come back in order."""
-        if self._collector is None or self._arrived is None:
-            raise Unavailable(f"model {self.model}: not ready")
         n = num_rows(samples)
         if n < 1:
             raise ValueError("submit needs at least one sample")
-        if n > self.max_queue:
-            raise TooLarge(
-                f"inputs: {n} samples exceed the per-model queue of {self.max_queue} samples "
-                "(SNNL_MAX_QUEUE); send smaller requests"
-            )
-        if self._queued_samples + n > self.max_queue:
-            raise Unavailable(
-                f"model {self.model}: overloaded, {self._queued_samples} of {self.max_queue} "
-                "queued samples (SNNL_MAX_QUEUE); retry later"
-            )
+        self._admit(n, "queue")
+        assert self._arrived is not None  # set by start(), checked by _admit
         loop = asyncio.get_running_loop()
         chunks = [
-            _Chunk(_slice(samples, start, min(start + self.max_batch_size, n)),
-                   min(self.max_batch_size, n - start), (alpha, neighbors), loop.create_future())
+            _Chunk(Part(slice_rows(samples, start, min(start + self.max_batch_size, n)),
+                        min(self.max_batch_size, n - start), (alpha, neighbors)),
+                   loop.create_future())
             for start in range(0, n, self.max_batch_size)
         ]  # fmt: skip
         for chunk in chunks:
@@ -190,10 +159,7 @@ class DynamicBatcher(Generic[R]):
                 asyncio.gather(*(chunk.future for chunk in chunks)), self.timeout_s
             )
         except asyncio.TimeoutError:
-            raise Unavailable(
-                f"model {self.model}: no result within {self.timeout_s:g} s "
-                "(SNNL_REQUEST_TIMEOUT_S); retry later"
-            ) from None
+            raise self._timed_out() from None
         finally:
             for chunk in chunks:
                 chunk.future.cancel()
@@ -203,18 +169,18 @@ class DynamicBatcher(Generic[R]):
         """Run ``fn()`` in the scoring thread with no time limit, before any traffic."""
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` in the model's scoring thread, between batches, within ``timeout_s``."""
-        if self._collector is None:
-            raise Unavailable(f"model {self.model}: not ready")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def call(self, fn: Callable[[], T], size: int) -> T:
+        """Run ``fn()`` (work on ``size`` samples) in the model's scoring thread, between batches,
+        within ``timeout_s``; its samples count against ``max_queue`` until it is done."""
+        self._admit(size, "evaluate limit")
+        self._call_samples += size
         try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
             return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
-            raise Unavailable(
-                f"model {self.model}: no result within {self.timeout_s:g} s "
-                "(SNNL_REQUEST_TIMEOUT_S); retry later"
-            ) from None
+            raise self._timed_out() from None
+        finally:
+            self._call_samples -= size
 
     def _set_queued(self, samples: int) -> None:
         self._queued_samples = samples
@@ -247,15 +213,18 @@ class DynamicBatcher(Generic[R]):
                 await self._execute(batch)
 
     def _take(self) -> list[_Chunk[R]]:
-        """Whole chunks from the front of the queue, at most ``max_batch_size`` samples."""
+        """Whole chunks from the front of the queue, at most ``max_batch_size`` samples; chunks
+        whose request has already given up are dropped, not scored."""
         batch: list[_Chunk[R]] = []
-        size = 0
+        size = taken = 0
         while self._queue and size + self._queue[0].size <= self.max_batch_size:
             chunk = self._queue.popleft()
             chunk.queued = False
-            batch.append(chunk)
-            size += chunk.size
-        self._set_queued(self._queued_samples - size)
+            taken += chunk.size
+            if not chunk.future.done():
+                batch.append(chunk)
+                size += chunk.size
+        self._set_queued(self._queued_samples - taken)
         return batch
 
     async def _execute(self, batch: list[_Chunk[R]]) -> None:
@@ -265,10 +234,9 @@ class DynamicBatcher(Generic[R]):
             wait.observe(started - chunk.enqueued)
         self._running = batch
         loop = asyncio.get_running_loop()
+        parts = [chunk.part for chunk in batch]
         try:
-            outcomes: list[R | BaseException] = await loop.run_in_executor(
-                self._executor, self._run, batch
-            )
+            outcomes = await loop.run_in_executor(self._executor, self._runner.run, parts)
         except Exception as err:  # the worker itself broke: no request may hang on it
             outcomes = [err] * len(batch)
         finally:
@@ -280,41 +248,3 @@ class DynamicBatcher(Generic[R]):
                 chunk.future.set_exception(outcome)
             else:
                 chunk.future.set_result(outcome)
-
-    def _run(self, batch: list[_Chunk[R]]) -> list[R | BaseException]:
-        """Worker thread: one scoring call per (alpha, neighbors) group; outcomes in batch order."""
-        groups: dict[BatchKey, list[int]] = {}
-        for index, chunk in enumerate(batch):
-            groups.setdefault(chunk.key, []).append(index)
-        outcomes: list[Any] = [None] * len(batch)
-        for (alpha, neighbors), members in groups.items():
-            parts = self._score_group([batch[i] for i in members], alpha, neighbors)
-            if isinstance(parts, BaseException) and len(members) > 1:
-                parts = [self._score_group([batch[i]], alpha, neighbors) for i in members]
-                parts = [p if isinstance(p, BaseException) else p[0] for p in parts]
-            elif isinstance(parts, BaseException):
-                parts = [parts]
-            for i, part in zip(members, parts, strict=True):
-                outcomes[i] = part
-        return outcomes
-
-    def _score_group(
-        self, chunks: list[_Chunk[R]], alpha: float | None, neighbors: int
-    ) -> list[R] | BaseException:
-        """One scoring call over the chunks, split back per chunk; the exception if it fails."""
-        total = sum(chunk.size for chunk in chunks)
-        try:
-            result = self._score(_concat([chunk.samples for chunk in chunks]), alpha, neighbors)
-            if len(result) != total:
-                raise BatchError(
-                    f"model {self.model}: scoring returned {len(result)} rows for {total} inputs"
-                )
-        except Exception as err:
-            return err
-        self._metrics.observe_batch(self.model, result)
-        parts: list[R] = []
-        offset = 0
-        for chunk in chunks:
-            parts.append(result[offset : offset + chunk.size])
-            offset += chunk.size
-        return parts

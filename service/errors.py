@@ -1,13 +1,12 @@
 """Exceptions mapped to HTTP status codes, all answered with one JSON body ``{"detail": str}``.
 
 The detail names the field (``inputs``, ``alpha``, ``model``, the body, a header) and what was
-expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422; anything else
-unexpected a 500 with a generic detail (the cause goes to the log, not to the client).
+expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422. Anything else
+unexpected becomes a 500 with a generic detail in ``service.logging.RequestLogMiddleware`` (the
+cause goes to the log, not to the client).
 """
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +14,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from snnl.errors import InputError
-
-logger = logging.getLogger("snnl.service")
 
 
 class ServiceError(Exception):
@@ -105,8 +102,3 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers
         )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
-        logger.error("unhandled error", exc_info=err)
-        return JSONResponse({"detail": "internal error"}, status_code=500)

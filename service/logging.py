@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("snnl.service")
@@ -100,11 +101,12 @@ class RequestLogMiddleware:
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.encode(), request_id.encode()),
@@ -113,6 +115,14 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug, not a bad request: the cause goes to the log, the client gets a generic 500
+            # that still carries its request id.
+            logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if started:
+                raise
+            error = JSONResponse({"detail": "internal error"}, status_code=500)
+            await error(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")

@@ -13,11 +13,12 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from snnl.results import STAGES
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
 WAIT_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 UNIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, *(i / 10 for i in range(1, 10)), 0.95, 0.99, 1)
-STAGES = ("forward", "neighbors", "calibrate")
 
 
 class ScoredBatch(Protocol):

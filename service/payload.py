@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from service.batching import Samples
 from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
+from service.worker import Samples
 from snnl.validation import check_embeddings, check_inputs
 
 NPY_MEDIA_TYPE = "application/x-npy"
@@ -31,10 +32,6 @@ class InputSpec:
 
     input_shape: tuple[int, ...] | None
     layer_dims: Mapping[str, int]
-
-    @property
-    def embedding_only(self) -> bool:
-        return self.input_shape is None
 
 
 def media_type(content_type: str | None) -> str:
@@ -53,6 +50,8 @@ def parse_json_object(body: bytes, schema: type[BaseModel]) -> Any:
         value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MalformedRequest(f"body: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise MalformedRequest("body: JSON nested too deeply") from err
     if not isinstance(value, dict):
         raise MalformedRequest(f"body: expected a JSON object, got {type(value).__name__}")
     try:
@@ -64,15 +63,34 @@ def parse_json_object(body: bytes, schema: type[BaseModel]) -> Any:
 
 
 def parse_npy(body: bytes) -> np.ndarray:
-    """One array from an ``.npy`` body, never unpickling (400 if it is not a plain .npy)."""
+    """One array from an ``.npy`` body, never unpickling (400 if it is not a plain .npy).
+
+    The header's shape and dtype must account for exactly the bytes that follow it, checked
+    before numpy allocates the array: a header cannot make the server reserve more memory than
+    the (size-limited) body holds.
+    """
     if not body.startswith(NPY_MAGIC):
         raise MalformedRequest("body: not a valid .npy array (no .npy header)")
+    stream = io.BytesIO(body)
     try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not 1.0 or 2.0")
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != len(body) - stream.tell():
+            raise ValueError(
+                f"the header declares shape {shape} of {dtype} ({declared} bytes) but "
+                f"{len(body) - stream.tell()} bytes follow it"
+            )
         value = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise MalformedRequest(f"body: not a valid .npy array ({err})") from err
-    if not isinstance(value, np.ndarray):
-        raise MalformedRequest("body: expected one .npy array, got an archive of several")
     return value
 
 

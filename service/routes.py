@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
-from service.batching import num_rows
 from service.errors import MalformedRequest, UnsupportedMediaType
 from service.payload import (
     JSON_MEDIA_TYPE,
@@ -30,6 +29,7 @@ from service.schemas import (
 )
 from service.security import check_api_key, read_body
 from service.state import ServiceState
+from service.worker import num_rows
 from snnl.validation import check_neighbors
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

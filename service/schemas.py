@@ -157,12 +157,22 @@ class ModelList(BaseModel):
 
 
 class CalibrationSummary(BaseModel):
-    """The calibration a model's p-values come from."""
+    """The calibration a model's p-values come from (``snnl.conformal.Calibration.summary``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     size: int = Field(description="n_cal: calibration samples.")
     alpha: float = Field(description="Default alpha of the flag.")
-    nonconformity_quantiles: dict[str, float] = Field(
-        description="Quantiles of the calibration nonconformity."
+    nonconformity: dict[str, float] = Field(
+        description="Quantiles p05, p50, p95 of the calibration nonconformity."
+    )
+    flag_threshold: float | None = Field(
+        description="At the default alpha a sample is flagged iff its nonconformity exceeds this "
+        "(None when the flag does not depend on it)."
+    )
+    layers: dict[str, dict[str, float]] = Field(
+        description="Per served layer: quantiles p05, p50, p95 of the calibration soft-neighbor "
+        "scores."
     )
 
 

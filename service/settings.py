@@ -58,7 +58,9 @@ class Settings(BaseSettings):
         "INFO", description="Level of the JSON log lines."
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address to bind.")
-    port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
+    port: int = Field(
+        8000, ge=0, le=65535, description="Port to bind (0: any free port, named in the log)."
+    )
     scoring_threads: int = Field(
         1,
         ge=1,
@@ -88,9 +90,13 @@ class Settings(BaseSettings):
             secret = key.get_secret_value()
             if len(secret) < MIN_API_KEY_LENGTH:
                 raise ValueError(f"each API key needs at least {MIN_API_KEY_LENGTH} characters")
-            if any(ch.isspace() or ch == "," for ch in secret) or not secret.isprintable():
+            if (
+                any(ch.isspace() or ch == "," for ch in secret)
+                or not secret.isprintable()
+                or not secret.isascii()  # HTTP headers arrive as latin-1: compare ASCII only
+            ):
                 raise ValueError(
-                    "API keys may not contain whitespace, commas or control characters"
+                    "API keys may not contain whitespace, commas, control or non-ASCII characters"
                 )
         return keys
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import DynamicBatcher, Samples, ScoreFn
-from service.errors import TooLarge, Unavailable, UnknownModel
+from service.batching import DynamicBatcher
+from service.errors import Unavailable, UnknownModel
 from service.metrics import ServiceMetrics
 from service.payload import InputSpec
 from service.schemas import CalibrationSummary, LayerInfo, ModelInfo
 from service.settings import Settings
+from service.worker import Samples, ScoreFn, slice_rows
 from snnl.detector import Detector
 from snnl.embedding_eval import evaluate_detector
 from snnl.errors import RepositoryError
@@ -28,8 +29,6 @@ from snnl.repository import list_models
 from snnl.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
-
-QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
 @dataclass
@@ -42,7 +41,6 @@ class ServedModel:
     info: ModelInfo
     manifest: dict[str, Any]
     calibration: CalibrationSummary
-    max_evaluate: int
 
     @property
     def version(self) -> str:
@@ -53,15 +51,11 @@ class ServedModel:
         return tuple(self.detector.class_names)
 
     async def evaluate(self, samples: Samples, labels: np.ndarray) -> dict[str, Any]:
-        """Embedding evaluation of a labeled batch, run in the model's scoring thread."""
-        if len(labels) > self.max_evaluate:
-            raise TooLarge(
-                f"inputs: {len(labels)} samples exceed the evaluate limit of {self.max_evaluate} "
-                "(SNNL_MAX_QUEUE)"
-            )
+        """Embedding evaluation of a labeled batch, run in the model's scoring thread (its
+        samples count against the model's queue: 413 / 503 as for scoring)."""
         given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
         evaluate = partial(evaluate_detector, self.detector, labels, **given)
-        evaluation = await self.batcher.call(evaluate)
+        evaluation = await self.batcher.call(evaluate, size=len(labels))
         return evaluation.to_dict()
 
 
@@ -82,7 +76,7 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     else:
         batch = np.zeros((batch_size, *detector.input_shape), dtype=np.float32)
     score = _score_call(detector)
-    one = batch[:1] if isinstance(batch, np.ndarray) else {k: v[:1] for k, v in batch.items()}
+    one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
         score(batch, None, 0)
         score(one, None, 0)
@@ -115,15 +109,9 @@ def _describe(detector: Detector) -> tuple[ModelInfo, CalibrationSummary]:
         device=detector.device,
         backend=detector.backend,
     )
-    nonconformity = detector.calibration.nonconformity
-    calibration = CalibrationSummary(
-        size=len(nonconformity),
-        alpha=manifest.alpha,
-        nonconformity_quantiles={
-            f"{q:g}": float(v)
-            for q, v in zip(QUANTILES, np.quantile(nonconformity, QUANTILES), strict=True)
-        },
-    )
+    if detector.calibration is None:
+        raise RepositoryError(f"model {detector.name!r}: no calibration to serve p-values from")
+    calibration = CalibrationSummary.model_validate(detector.calibration.summary(manifest.alpha))
     return info, calibration
 
 
@@ -216,7 +204,6 @@ class ServiceState:
             info=info,
             manifest=detector.manifest.model_dump(mode="json"),
             calibration=calibration,
-            max_evaluate=s.max_queue,
         )
 
     async def close(self) -> None:

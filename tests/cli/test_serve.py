@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -13,24 +13,26 @@ import httpx
 import numpy as np
 import pytest
 
+from service.settings import Settings, setting_env, setting_flag
+from snnl.cli import main
+
 SNNL = str(Path(sys.executable).with_name("snnl"))
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNNL_")}
-    return subprocess.run(
-        [SNNL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
-
-
-def test_help_lists_a_flag_per_setting() -> None:
-    from service.settings import Settings, setting_env, setting_flag
-
-    done = run("serve", "--help")
-    assert done.returncode == 0
+@pytest.fixture(autouse=True)
+def no_snnl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in Settings.model_fields:
-        assert setting_flag(name) in done.stdout
-        assert setting_env(name) in done.stdout
+        monkeypatch.delenv(setting_env(name), raising=False)
+
+
+def test_help_lists_a_flag_per_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert setting_flag(name) in out
+        assert setting_env(name) in out
 
 
 @pytest.mark.parametrize(
@@ -47,41 +49,50 @@ def test_help_lists_a_flag_per_setting() -> None:
     ],
 )  # fmt: skip
 def test_bad_settings_are_one_line_and_exit_2(
-    tmp_path: Path, args: list[str], message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
 ) -> None:
-    done = run("serve", *args, cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.strip() == message
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", *args]) == 2
+    assert capsys.readouterr().err.strip() == message
 
 
-def test_serves_the_default_repository_models(tmp_path: Path) -> None:
-    """``snnl serve`` in a folder with ./models serves it: the README's main command."""
+def test_serves_the_default_repository_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``snnl serve`` (a real process) in a folder with ./models serves it: the README's main
+    command. It binds a free port itself (``--port 0``) and names it in its log."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, size=300)
     x = (rng.normal(size=(3, 8))[y] * 3 + rng.normal(size=(300, 8))).astype(np.float32)
     np.savez(tmp_path / "emb.npz", x=x, y=y)
-    done = run("index", "emb.npz", "--repository", "models", "--name", "blobs", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "emb.npz", "--repository", "models", "--name", "blobs"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNNL_")}
-    process = subprocess.Popen(
-        [SNNL, "serve", "--port", str(port)], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [SNNL, "serve", "--port", "0"], cwd=tmp_path, env=env,
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
+        url = None
         while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, log.read_text()
+            listening = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+) ", log.read_text())
+            url = listening and listening.group(1)
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                if url and httpx.get(f"{url}/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["models"]
+        models = httpx.get(f"{url}/v1/models").json()["models"]
         assert [m["name"] for m in models] == ["blobs"]
     finally:
         process.terminate()

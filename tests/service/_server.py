@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,15 +36,12 @@ def blob_embeddings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (centers[y] + rng.normal(size=(n, 16))).astype(np.float32), y
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+) ")
 
 
 @dataclass
 class Server:
-    """A running ``snnl serve`` process."""
+    """A running ``snnl serve`` process (``url`` is empty until it listens)."""
 
     url: str
     process: subprocess.Popen[bytes]
@@ -77,21 +74,23 @@ def wait_until(check: object, timeout: float, what: str, server: Server) -> None
 def start_server(
     repo: Path, log: Path, wait_ready: bool = True, **settings: str
 ) -> Iterator[Server]:
-    """``snnl serve --repository REPO --port FREE`` with SNNL_* settings; stopped on exit.
+    """``snnl serve --repository REPO --port 0`` with SNNL_* settings; stopped on exit.
 
-    Waits until the server answers HTTP, and with ``wait_ready`` until ``/readyz`` is 200.
+    The server binds a free port itself (no race with other processes for a port picked here)
+    and names it in its start-up log line. Waits until it answers HTTP, and with ``wait_ready``
+    until ``/readyz`` is 200.
     """
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNNL_")}
     env.update({f"SNNL_{k.upper()}": v for k, v in settings.items()})
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [SNNL, "serve", "--repository", str(repo), "--port", str(port)],
+            [SNNL, "serve", "--repository", str(repo), "--port", "0"],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+    server = Server("", process, log)
     try:
-        wait_until(lambda: httpx.get(f"{server.url}/healthz"), 120, "listening", server)
+        wait_until(lambda: _listening(server), 120, "listening", server)
+        wait_until(lambda: httpx.get(f"{server.url}/healthz"), 120, "answering", server)
         if wait_ready:
             wait_until(
                 lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 300, "ready", server
@@ -104,3 +103,11 @@ def start_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _listening(server: Server) -> bool:
+    """True once the log names the bound address; sets ``server.url``."""
+    found = _LISTENING.search(server.log.read_text())
+    if found is not None:
+        server.url = found.group(1)
+    return found is not None

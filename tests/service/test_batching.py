@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import BatchError, DynamicBatcher
+from service.batching import DynamicBatcher
 from service.errors import TooLarge, Unavailable
 from service.metrics import ServiceMetrics
+from service.worker import BatchError
 from snnl.results import ScoreResult
 
 LAYERS = ("h",)
@@ -308,6 +309,31 @@ def test_stop_fails_waiting_requests_with_503() -> None:
 
     outcomes = asyncio.run(main())
     assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+
+
+def test_calls_count_against_the_queue_and_time_out() -> None:
+    """A pending ``call`` (evaluate) holds its samples of the queue until it ends: no unbounded
+    backlog of evaluations behind the scoring thread."""
+    gate = threading.Event()
+
+    async def body(batcher: DynamicBatcher[ScoreResult]) -> dict[str, Any]:
+        blocked = asyncio.ensure_future(batcher.call(lambda: gate.wait(10), size=6))
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable) as full:
+            await batcher.submit(samples(0, 3))  # 6 + 3 > 8
+        with pytest.raises(TooLarge) as large:
+            await batcher.call(lambda: None, size=9)
+        with pytest.raises(Unavailable) as late:
+            await blocked
+        gate.set()
+        result = await batcher.submit(samples(0, 3))  # the samples of the call were released
+        return {"full": full.value, "large": large.value, "late": late.value, "result": result}
+
+    out, _ = run_with(Recorder(), body, max_batch_size=4, max_queue=8, timeout_s=0.3)
+    assert "overloaded, 6 of 8 queued samples" in out["full"].detail
+    assert out["large"].detail.startswith("inputs: 9 samples exceed the per-model evaluate limit")
+    assert "no result within 0.3 s" in out["late"].detail
+    assert_rows(out["result"], samples(0, 3))
 
 
 def test_submit_before_start_is_503() -> None:

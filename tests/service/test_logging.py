@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
+import httpx
 from _server import API_KEY, HEADERS, Server
+from starlette.types import Receive, Scope, Send
 
-from service.logging import JsonFormatter
+from service.logging import JsonFormatter, RequestLogMiddleware
 
 SCORE = "/v1/models/digits-mlp/score"
 
 
 def line_of(server: Server, request_id: str) -> dict[str, object]:
-    """The log line of ``request_id`` (waits briefly: it is written after the response)."""
-    deadline = time.monotonic() + 5
+    """The log line of ``request_id`` (it is written just after the response is sent)."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lines = [json.loads(line) for line in server.log_lines() if request_id in line]
         if lines:
@@ -72,3 +75,42 @@ def test_json_formatter_fields() -> None:
         200,
     )
     assert line["time"].endswith("+00:00")
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_its_request_id() -> None:
+    """A bug in a route: a generic 500 with the request id, the traceback only in the log."""
+
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("a bug")
+
+    observed: list[tuple[str, str, int]] = []
+    app = RequestLogMiddleware(
+        broken, observe=lambda m, e, code, _: observed.append((m, e, code)), known_model=bool
+    )
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("snnl.service")
+    saved = logger.level, logger.handlers[:]
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/v1/models/x", headers={"X-Request-ID": "id-1"})
+
+    try:
+        response = asyncio.run(get())
+    finally:
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error"}
+    assert response.headers["X-Request-ID"] == "id-1"
+    assert [(r.getMessage(), r.fields["request_id"]) for r in records] == [  # type: ignore[attr-defined]
+        ("unhandled error", "id-1"),
+        ("request", "id-1"),
+    ]
+    assert "a bug" in JsonFormatter().format(records[0])
+    assert observed == [("", "other", 500)]

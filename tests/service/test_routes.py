@@ -27,6 +27,14 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    """An .npy header (format 1.0) for float32 ``shape``, without the data."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return load_digits().data.astype(np.float32)
@@ -79,12 +87,11 @@ def test_list_models(server: Server, detector: Detector) -> None:
 def test_get_model_manifest_and_calibration(server: Server, detector: Detector) -> None:
     with server.client(headers=HEADERS) as client:
         body = client.get("/v1/models/digits-mlp").json()
-    detail = ModelDetail.model_validate(body)
-    assert detail.manifest == detector.manifest.model_dump(mode="json")
-    assert detail.calibration.size == detector.calibration.size
-    quantiles = detail.calibration.nonconformity_quantiles
-    assert quantiles["0"] == detector.calibration.nonconformity[0]
-    assert quantiles["1"] == detector.calibration.nonconformity[-1]
+    ModelDetail.model_validate(body)
+    assert body["manifest"] == detector.manifest.model_dump(mode="json")
+    assert detector.calibration is not None
+    assert body["calibration"] == detector.calibration.summary(detector.manifest.alpha)
+    assert body["calibration"]["size"] == detector.calibration.size
 
 
 @pytest.mark.parametrize("n", [1, 500])
@@ -151,7 +158,15 @@ ERRORS: list[tuple[str, str, Any, str, int, str]] = [
     ("not an object", "", [1, 2], JSON, 400, "body: expected a JSON object, got list"),
     ("bad npy", "", b"garbage", NPY_TYPE, 400, "body: not a valid .npy array (no .npy header)"),
     ("pickled npy", "", npy(np.array([{"a": 1}], dtype=object)), NPY_TYPE, 400,
-     "body: not a valid .npy array (Object arrays cannot be loaded when allow_pickle=False)"),
+     "body: not a valid .npy array (object arrays are not accepted)"),
+    ("npy header claims more", "", npy_header((10**9, 64)) + bytes(256), NPY_TYPE, 400,
+     "body: not a valid .npy array (the header declares shape (1000000000, 64) of float32 "
+     "(256000000000 bytes) but 256 bytes follow it)"),
+    ("npy header claims less", "", npy_header((1, 64)) + bytes(512), NPY_TYPE, 400,
+     "body: not a valid .npy array (the header declares shape (1, 64) of float32 (256 bytes) "
+     "but 512 bytes follow it)"),
+    ("json nested too deeply", "", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     JSON, 400, "body: JSON nested too deeply"),
     ("content type", "", b"x", "text/plain", 415,
      "header Content-Type: expected application/json or application/x-npy, got 'text/plain'"),
     ("both kinds", "", {"inputs": [ROW], "embeddings": {"fc1": [[0]]}}, JSON, 422, ONE_OF),
@@ -304,7 +319,8 @@ def test_evaluate_errors(server: Server) -> None:
          "labels: List should have at least 2 items after validation, not 1"),
         (npy(np.zeros((2, 64))), 415, "header Content-Type: evaluate takes application/json"),
         ({"inputs": [ROW] * 2049, "labels": [0] * 2049}, 413,
-         "inputs: 2049 samples exceed the evaluate limit of 2048 (SNNL_MAX_QUEUE)"),
+         "inputs: 2049 samples exceed the per-model evaluate limit of 2048 samples "
+         "(SNNL_MAX_QUEUE); send smaller requests"),
     ]  # fmt: skip
     for body, status, detail in cases:
         response = post(server, path, body)

@@ -1,0 +1,128 @@
+"""The scoring thread's side of dynamic batching: run one merged batch, split the rows back.
+
+Synchronous and free of asyncio: ``run_batch`` is what ``DynamicBatcher`` hands to its single
+worker thread. It groups the batch's chunks by ``(alpha, neighbors)`` in arrival order,
+concatenates each group and makes one scoring call per group, checks that the call returned one
+row per input row, and splits the rows back per chunk. A group that fails is retried chunk by
+chunk, so a bad request fails alone and every chunk gets an outcome (a result or an exception).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from service.metrics import ScoredBatch
+
+Samples = np.ndarray | Mapping[str, np.ndarray]
+"""A batch: an array (B, *input_shape), or {layer: (B, d_l)} for embedding-only models."""
+
+BatchKey = tuple[float | None, int]
+"""(alpha, neighbors): requests are merged into one scoring call only when these agree."""
+
+R = TypeVar("R", bound="Result")
+
+
+class Result(ScoredBatch, Protocol):
+    """A scoring call's result (``snnl.ScoreResult`` fits): B rows that slice and concatenate."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self: R, rows: slice) -> R: ...
+
+    @classmethod
+    def concatenate(cls: type[R], parts: Sequence[R]) -> R: ...
+
+
+ScoreFn = Callable[[Samples, float | None, int], R]
+"""``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
+
+
+class BatchError(RuntimeError):
+    """The scoring call broke its contract (wrong number of result rows)."""
+
+
+def num_rows(samples: Samples) -> int:
+    """B of an array (B, ...) or of {layer: (B, d)}."""
+    if isinstance(samples, np.ndarray):
+        return int(samples.shape[0])
+    return int(next(iter(samples.values())).shape[0])
+
+
+def slice_rows(samples: Samples, start: int, stop: int) -> Samples:
+    """Rows [start, stop) of an array or of every layer of {layer: (B, d)}."""
+    if isinstance(samples, np.ndarray):
+        return samples[start:stop]
+    return {layer: values[start:stop] for layer, values in samples.items()}
+
+
+def concat_rows(parts: Sequence[Samples]) -> Samples:
+    """The parts stacked along the rows (B_1 + ... + B_k, ...)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=0)
+    return {layer: np.concatenate([p[layer] for p in parts], axis=0) for layer in parts[0]}
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One queued chunk as the worker sees it: its rows, their count, its scoring arguments."""
+
+    samples: Samples
+    size: int
+    key: BatchKey
+
+
+Observe = Callable[[Any], None]
+"""Called with each successful scoring call's result (the batch metrics)."""
+
+
+class BatchRunner(Generic[R]):
+    """Runs merged batches of one model through ``score`` (one call per ``(alpha, k)`` group)."""
+
+    def __init__(self, model: str, score: ScoreFn[R], observe: Observe) -> None:
+        self.model = model
+        self._score = score
+        self._observe = observe
+
+    def run(self, batch: Sequence[Part]) -> list[R | BaseException]:
+        """One outcome per part, in batch order; never raises for a failing scoring call."""
+        groups: dict[BatchKey, list[int]] = {}
+        for index, part in enumerate(batch):
+            groups.setdefault(part.key, []).append(index)
+        outcomes: list[R | BaseException] = [BatchError("not run")] * len(batch)
+        for (alpha, neighbors), members in groups.items():
+            parts = self._score_group([batch[i] for i in members], alpha, neighbors)
+            if isinstance(parts, BaseException) and len(members) > 1:
+                alone = [self._score_group([batch[i]], alpha, neighbors) for i in members]
+                parts = [p if isinstance(p, BaseException) else p[0] for p in alone]
+            elif isinstance(parts, BaseException):
+                parts = [parts]
+            for i, outcome in zip(members, parts, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _score_group(
+        self, parts: Sequence[Part], alpha: float | None, neighbors: int
+    ) -> list[R] | BaseException:
+        """One scoring call over the parts, split back per part; the exception if it fails."""
+        total = sum(part.size for part in parts)
+        try:
+            result = self._score(concat_rows([part.samples for part in parts]), alpha, neighbors)
+            if len(result) != total:
+                raise BatchError(
+                    f"model {self.model}: scoring returned {len(result)} rows for {total} inputs"
+                )
+        except Exception as err:
+            return err
+        self._observe(result)
+        split: list[R] = []
+        offset = 0
+        for part in parts:
+            split.append(result[offset : offset + part.size])
+            offset += part.size
+        return split
