@@ -123,8 +123,8 @@ SCORE_RESPONSE: dict[str, Any] = {
             "prediction": 0,
             "label": "0",
             "confidence": 0.999884046047056,
-            "nonconformity": 0.29694652557373047,
-            "p_value": 0.9446494464944649,
+            "nonconformity": -5.122219364414037,
+            "p_value": 0.988929889298893,
             "outlier": False,
             "layers": [
                 {
