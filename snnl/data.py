@@ -97,7 +97,7 @@ def read_npz(
         raise InputError(f"{path}: missing key 'x' (samples, float32 (N, *input_shape))")
     x = arrays["x"]
     if not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"{path}: 'x' must be float32, got dtype {x.dtype}")
+        raise InputError(f"{path}: 'x' must be floating point (float32), got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
         raise InputError(f"{path}: 'x' must have shape (N, *input_shape) with N > 0, got {x.shape}")
     x = x.astype(np.float32)
