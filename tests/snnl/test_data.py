@@ -78,7 +78,7 @@ def test_npz_without_labels_for_scoring(tmp_path: Path) -> None:
         ({"x": np.zeros((3, 2), dtype=np.float32)}, "missing key 'y'"),
         (
             {"x": np.zeros((3, 2), dtype=np.int64), "y": np.zeros(3, dtype=np.int64)},
-            "'x' must be floating point (float32)",
+            "'x' must be floating point \\(float32\\)",
         ),
         ({"x": np.zeros((3, 2), dtype=np.float32), "y": np.zeros(3)}, "'y' must be integer"),
         (
