@@ -1,8 +1,8 @@
 """snnl: the Soft Nearest Neighbor Loss, SNNL training, and soft-neighbor OOD detection.
 
-Public names are imported on first use, so ``import snnl`` (and every ``snnl`` command) loads
-only what it needs: ``snnl train`` never loads ONNX Runtime, ``snnl score`` never loads the
-training code.
+Public names are imported on first use, so ``import snnl`` is cheap, and a program that uses
+only the loss (``snnl.soft_nearest_neighbor_loss``, ``snnl.SNNLoss``) never loads ONNX Runtime
+or the scoring code.
 """
 
 from __future__ import annotations
