@@ -27,6 +27,7 @@ from snnl.embedding_eval import evaluate_detector
 from snnl.errors import RepositoryError
 from snnl.repository import list_models
 from snnl.results import ScoreResult
+from snnl.runtime import resolve_device
 
 logger = logging.getLogger("snnl.service")
 
@@ -128,6 +129,7 @@ class ServiceState:
                 f"model repository {str(settings.model_repository)!r} holds no model "
                 "(no <name>/manifest.json)"
             )
+        resolve_device(settings.device)  # fail at start-up, not in the background load
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.failure: str | None = None

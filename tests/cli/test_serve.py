@@ -17,6 +17,7 @@ from service.settings import Settings, setting_env, setting_flag
 from snnl.cli import main
 
 SNNL = str(Path(sys.executable).with_name("snnl"))
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +59,16 @@ def test_bad_settings_are_one_line_and_exit_2(
     monkeypatch.chdir(tmp_path)
     assert main(["serve", *args]) == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def test_a_cuda_device_without_a_gpu_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["serve", "--repository", str(MODELS), "--device", "cuda", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "snnl serve: error: device 'cuda' was asked for but torch sees no CUDA GPU"
+    )
 
 
 def test_serves_the_default_repository_models(
