@@ -46,11 +46,13 @@ from snnl.repository import (
 )
 from snnl.results import ScoreResult
 from snnl.runtime import OnnxRunner, resolve_device
+from snnl.temperature import entanglement
 from snnl.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 DEFAULT_NONCONFORMITY = "neighbor-mass"
 BATCH = 1024
+ENTANGLEMENT_POINTS = 1000  # reference rows (stratified) for T* and the entanglement
 
 
 @dataclass(frozen=True)
@@ -132,20 +134,27 @@ def score_all(detector: Detector, inputs: Inputs) -> ScoreResult:
 def _manifest(
     recipe: ModelRecipe, served: ReferenceSet, calibration_size: int, seed: int
 ) -> Manifest:
-    """The manifest (without files): one LayerSpec per layer with its chosen temperature."""
-    layers = [
-        LayerSpec(
-            name=name,
-            dim=dim,
-            distance=recipe.distance,
-            temperature=choose_temperature(
-                served.features[name], served.labels, recipe.distance, recipe.temperature_rule,
-                seed=seed,
-            ),
-            reference_size=served.size,
+    """The manifest (without files): one LayerSpec per layer with its chosen temperature and
+    the reference set's optimal temperature and entanglement."""
+    layers = []
+    for name, dim in served.dims().items():
+        features = served.features[name]
+        t_star, entangled = entanglement(
+            features, served.labels, recipe.distance, max_points=ENTANGLEMENT_POINTS, seed=seed
         )
-        for name, dim in served.dims().items()
-    ]  # fmt: skip
+        layers.append(
+            LayerSpec(
+                name=name,
+                dim=dim,
+                distance=recipe.distance,
+                temperature=choose_temperature(
+                    features, served.labels, recipe.distance, recipe.temperature_rule, seed=seed
+                ),
+                reference_size=served.size,
+                optimal_temperature=t_star,
+                entanglement=max(entangled, 0.0),
+            )
+        )
     return Manifest(
         name=recipe.name,
         version=recipe.version,

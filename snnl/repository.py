@@ -34,7 +34,8 @@ _SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class LayerSpec(BaseModel):
-    """One served layer: its name (also the ONNX output name), width, distance and temperature."""
+    """One served layer: its name (also the ONNX output name), width, distance, the served
+    temperature, and the reference set's T* = argmin_T SNNL(T) and entanglement SNNL(T*)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +44,8 @@ class LayerSpec(BaseModel):
     distance: Literal["cosine", "euclidean"]
     temperature: float = Field(gt=0, allow_inf_nan=False)
     reference_size: int = Field(ge=1)
+    optimal_temperature: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    entanglement: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class MassTerm(BaseModel):

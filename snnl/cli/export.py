@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  {layer.name}: {layer.dim}-d, {layer.distance}, "
             f"temperature {layer.temperature:.4g}, "
-            f"{layer.reference_size} reference rows"
+            f"{layer.reference_size} reference rows, "
+            f"T* {layer.optimal_temperature:.3g}, entanglement {layer.entanglement:.3g}"
         )
     print(f"  nonconformity: {manifest.nonconformity.kind}")
     test = manifest.provenance.get("test", {})

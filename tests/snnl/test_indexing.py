@@ -12,6 +12,7 @@ from snnl.detector import Detector
 from snnl.errors import InputError
 from snnl.indexing import index_embeddings
 from snnl.repository import list_models
+from snnl.temperature import entanglement
 
 
 def _write(path: Path, n: int = 300, d: int = 6, seed: int = 0) -> Path:
@@ -47,6 +48,12 @@ def test_index_builds_a_stratified_embedding_only_model(tmp_path: Path) -> None:
     x = np.load(data)["x"]
     result = det.score_embeddings({"pooled": x[:20]})
     assert result.to_records()[0]["label"] in {"3", "7", "11"}
+    # The manifest records the reference set's T* and entanglement SNNL(T*).
+    t_star, value = entanglement(
+        det.reference_features("pooled"), det.reference_labels, "euclidean", max_points=1000
+    )
+    assert manifest.layers[0].optimal_temperature == pytest.approx(t_star, rel=1e-6)
+    assert manifest.layers[0].entanglement == pytest.approx(max(value, 0.0), rel=1e-6, abs=1e-12)
 
 
 def test_index_is_deterministic(tmp_path: Path) -> None:
