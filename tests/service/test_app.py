@@ -41,7 +41,7 @@ def test_readiness_is_503_while_warming_up_and_200_after(repository: Path, tmp_p
     """A long warm-up (a real setting: full-size scoring calls per model) keeps /readyz at 503."""
     log = tmp_path / "log"
     with (
-        start_server(repository, log, wait_ready=False, warmup_iterations="200") as s,
+        start_server(repository, log, wait_ready=False, warmup_iterations="400") as s,
         s.client(headers=HEADERS) as client,
     ):
         ready = client.get("/readyz")
