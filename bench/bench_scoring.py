@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from snnl.data import load_dataset
-from snnl.detector import Detector
+from snnl.model.detector import Detector
+from snnl.training.data import load_dataset
 
 
 def main() -> None:

@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnl.data import Split, load_dataset
-from snnl.detector import Detector
-from snnl.evaluate import evaluate
-from snnl.export import export_run
-from snnl.ood_metrics import ood_metrics
-from snnl.ood_sets import transform, uniform_noise
-from snnl.run import SPLIT_FILE
-from snnl.train import TrainSettings, train
+from snnl.build.from_run import export_run
+from snnl.evaluation.benchmark import evaluate
+from snnl.evaluation.ood_metrics import ood_metrics
+from snnl.evaluation.ood_sets import transform, uniform_noise
+from snnl.model.detector import Detector
+from snnl.training.data import Split, load_dataset
+from snnl.training.loop import TrainSettings, train
+from snnl.training.run import SPLIT_FILE
 
 SETUPS: dict[str, dict[str, object]] = {  # as bench/train_factors.py
     "digits": {"arch": "mlp", "epochs": 30, "lr": 1e-3},

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from snnl.train import TrainSettings, train
+from snnl.training.loop import TrainSettings, train
 
 SETUPS: dict[str, dict[str, object]] = {
     "digits": {"arch": "mlp", "epochs": 30, "lr": 1e-3},

@@ -1,7 +1,8 @@
 """Request bodies to validated numpy batches: JSON or ``application/x-npy``, checked in full.
 
 Everything a batch could fail on (shape, dtype, NaN/inf, an empty batch, unknown layers) is
-refused here with the library's own checks (``snnl.validation``, InputError -> 422), before the
+refused here with the library's own checks (``snnl.scoring.validation``, InputError -> 422), before
+the
 batch meets other requests, so a bad request never fails someone else's.
 """
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
 from service.worker import Samples
-from snnl.validation import check_embeddings, check_inputs
+from snnl.scoring.validation import check_embeddings, check_inputs
 
 NPY_MEDIA_TYPE = "application/x-npy"
 JSON_MEDIA_TYPE = "application/json"

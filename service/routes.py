@@ -30,7 +30,7 @@ from service.schemas import (
 from service.security import check_api_key, read_body
 from service.state import ServiceState
 from service.worker import num_rows
-from snnl.validation import check_neighbors
+from snnl.scoring.validation import check_neighbors
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {JSON_MEDIA_TYPE: {"example": {"detail": text}}}}

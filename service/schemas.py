@@ -157,7 +157,8 @@ class ModelList(BaseModel):
 
 
 class CalibrationSummary(BaseModel):
-    """The calibration a model's p-values come from (``snnl.conformal.Calibration.summary``)."""
+    """The calibration a model's p-values come from
+    (``snnl.scoring.conformal.Calibration.summary``)."""
 
     model_config = ConfigDict(extra="forbid")
 

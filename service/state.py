@@ -22,12 +22,12 @@ from service.payload import InputSpec
 from service.schemas import CalibrationSummary, LayerInfo, ModelInfo
 from service.settings import Settings
 from service.worker import Samples, ScoreFn, slice_rows
-from snnl.detector import Detector
-from snnl.embedding_eval import evaluate_detector
 from snnl.errors import RepositoryError
-from snnl.repository import list_models
-from snnl.results import ScoreResult
-from snnl.runtime import resolve_device
+from snnl.evaluation.embeddings import evaluate_detector
+from snnl.model.detector import Detector
+from snnl.model.repository import list_models
+from snnl.model.runtime import resolve_device
+from snnl.scoring.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC: dict[str, str] = {
-    "Detector": "snnl.detector",
-    "LayerTaps": "snnl.taps",
-    "SNNLoss": "snnl.loss",
-    "ScoreResult": "snnl.results",
-    "entanglement": "snnl.temperature",
-    "optimal_temperature": "snnl.temperature",
-    "pairwise_distances": "snnl.distances",
-    "soft_nearest_neighbor_loss": "snnl.functional",
+    "Detector": "snnl.model.detector",
+    "LayerTaps": "snnl.core.taps",
+    "SNNLoss": "snnl.training.loss",
+    "ScoreResult": "snnl.scoring.results",
+    "entanglement": "snnl.core.temperature",
+    "optimal_temperature": "snnl.core.temperature",
+    "pairwise_distances": "snnl.core.distances",
+    "soft_nearest_neighbor_loss": "snnl.core.functional",
 }
 
 __all__ = [
@@ -36,13 +36,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from snnl.detector import Detector
-    from snnl.distances import pairwise_distances
-    from snnl.functional import soft_nearest_neighbor_loss
-    from snnl.loss import SNNLoss
-    from snnl.results import ScoreResult
-    from snnl.taps import LayerTaps
-    from snnl.temperature import entanglement, optimal_temperature
+    from snnl.core.distances import pairwise_distances
+    from snnl.core.functional import soft_nearest_neighbor_loss
+    from snnl.core.taps import LayerTaps
+    from snnl.core.temperature import entanglement, optimal_temperature
+    from snnl.model.detector import Detector
+    from snnl.scoring.results import ScoreResult
+    from snnl.training.loss import SNNLoss
 
 
 def __getattr__(name: str) -> Any:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from snnl.data import load_dataset, split_dataset
-from snnl.detector import Detector
+from snnl.model.detector import Detector
+from snnl.training.data import load_dataset, split_dataset
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "models"
 

@@ -1,5 +1,8 @@
 """The ``snnl`` command: one module per subcommand, each with ``add_parser`` and ``run``.
 
+Subcommands that live outside the library register themselves through the entry-point group
+``snnl.commands`` (the service's ``snnl serve`` does), so ``snnl`` never imports ``service``.
+
 A user error (``SnnlError``, ``FileNotFoundError``, a bad argument) prints one line on stderr
 and exits with status 2.
 """
@@ -10,11 +13,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import NoReturn
 
 from snnl.errors import SnnlError
 
-SUBCOMMANDS: tuple[str, ...] = ("train", "export", "score", "evaluate", "index", "data", "serve")
+SUBCOMMANDS: tuple[str, ...] = ("train", "export", "score", "evaluate", "index", "data")
+PLUGIN_GROUP = "snnl.commands"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -42,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    for entry_point in entry_points(group=PLUGIN_GROUP):
+        entry_point.load()(sub)
     return parser
 
 

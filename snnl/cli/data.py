@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from snnl.data import Split, load_dataset
 from snnl.errors import InputError
-from snnl.ood_sets import TRANSFORMS, transform, uniform_noise
-from snnl.run import SPLIT_FILE
+from snnl.evaluation.ood_sets import TRANSFORMS, transform, uniform_noise
+from snnl.training.data import Split, load_dataset
+from snnl.training.run import SPLIT_FILE
 
 SPLITS: tuple[str, ...] = ("train", "calibration", "test")
 

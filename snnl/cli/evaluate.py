@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from snnl.data import read_npz
 from snnl.errors import InputError
+from snnl.training.data import read_npz
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the tables, write the report."""
-    from snnl.detector import Detector
-    from snnl.evaluate import evaluate
-    from snnl.report import markdown, write_report
+    from snnl.evaluation.benchmark import evaluate
+    from snnl.evaluation.report import markdown, write_report
+    from snnl.model.detector import Detector
 
     id_x, id_y = read_npz(args.id_file)
     assert id_y is not None

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnl.builder import DEFAULT_NONCONFORMITY
-from snnl.distances import DISTANCES
-from snnl.indexing import DEFAULT_LAYER, index_embeddings
-from snnl.repository import NONCONFORMITY_KINDS
-from snnl.runtime import DEVICES
-from snnl.temperature_rule import DEFAULT_RULE
+from snnl.build.assemble import DEFAULT_NONCONFORMITY
+from snnl.build.from_embeddings import DEFAULT_LAYER, index_embeddings
+from snnl.core.distances import DISTANCES
+from snnl.model.repository import NONCONFORMITY_KINDS
+from snnl.model.runtime import DEVICES
+from snnl.scoring.temperature_rule import DEFAULT_RULE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -19,11 +19,11 @@ from typing import TextIO
 
 import numpy as np
 
-from snnl.detector import Detector
 from snnl.errors import InputError
-from snnl.results import ScoreResult
-from snnl.runtime import DEVICES
-from snnl.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+from snnl.model.detector import Detector
+from snnl.model.runtime import DEVICES
+from snnl.scoring.results import ScoreResult
+from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from snnl.distances import DISTANCES
+from snnl.core.distances import DISTANCES
 from snnl.errors import InputError
-from snnl.nets import ARCHS
-from snnl.run import DEFAULT_FACTOR, DEFAULT_TEMPERATURE, TemperatureSetting, TrainSettings
+from snnl.training.nets import ARCHS
+from snnl.training.run import DEFAULT_FACTOR, DEFAULT_TEMPERATURE, TemperatureSetting, TrainSettings
 
 DEFAULT_ARCH = {"mnist1d": "cnn1d"}
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from snnl.train import EpochRecord, prepare, train
+    from snnl.training.loop import EpochRecord, prepare, train
 
     settings = settings_from_args(args)
     if args.threads < 1:

@@ -17,7 +17,7 @@ from _server import HEADERS, Server, start_server
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from snnl.detector import Detector
+from snnl.model.detector import Detector
 
 SCORE = "/v1/models/digits-mlp/score"
 

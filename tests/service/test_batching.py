@@ -18,7 +18,7 @@ from service.batching import DynamicBatcher
 from service.errors import TooLarge, Unavailable
 from service.metrics import ServiceMetrics
 from service.worker import BatchError
-from snnl.results import ScoreResult
+from snnl.scoring.results import ScoreResult
 
 LAYERS = ("h",)
 

@@ -13,8 +13,8 @@ from service.examples import (
     SCORE_RESPONSE,
 )
 from service.schemas import EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse
-from snnl.detector import Detector
-from snnl.embedding_eval import evaluate_detector
+from snnl.evaluation.embeddings import evaluate_detector
+from snnl.model.detector import Detector
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

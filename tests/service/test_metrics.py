@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from service.metrics import ServiceMetrics
-from snnl.detector import Detector
+from snnl.model.detector import Detector
 
 SCORE = "/v1/models/digits-mlp/score"
 MODEL = {"model": "digits-mlp"}

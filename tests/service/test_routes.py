@@ -14,8 +14,8 @@ from _server import HEADERS, Server, blob_embeddings
 from sklearn.datasets import load_digits
 
 from service.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
-from snnl.detector import Detector
-from snnl.embedding_eval import evaluate_detector
+from snnl.evaluation.embeddings import evaluate_detector
+from snnl.model.detector import Detector
 
 NPY_TYPE = "application/x-npy"
 NPY = {**HEADERS, "Content-Type": NPY_TYPE}

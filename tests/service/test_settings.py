@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.cli import FLAGS
 from service.settings import Settings, setting_env, setting_flag
-from snnl.cli.serve import FLAGS
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""A small trained digits run directory, written with snnl.run's API in about a second."""
+"""A small trained digits run directory, written with snnl.training.run's API in about a second."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from snnl.data import load_dataset, split_dataset
-from snnl.nets import build_net
-from snnl.run import RunConfig, save_run
+from snnl.training.data import load_dataset, split_dataset
+from snnl.training.nets import build_net
+from snnl.training.run import RunConfig, save_run
 
 
 def make_run(out: Path, *, steps: int = 150, hidden: tuple[int, ...] = (32, 16)) -> Path:

@@ -1,0 +1,217 @@
+"""Assemble a model folder from a reference set, calibration data and (optionally) an ONNX model.
+
+Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a user brings):
+
+1. the reference set is serialized at the requested dtype and read back, so everything below
+   sees exactly the values that will be served (float16 rounding included);
+2. each layer's temperature is chosen from the reference set alone (snnl.scoring.temperature_rule), and
+   so are the terms of the neighbor-mass nonconformity (snnl.scoring.neighbor_mass), the default kind;
+3. the calibration inputs are scored by the same Detector code a query goes through, and the
+   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept (snnl.scoring.conformal);
+4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
+   manifest's provenance;
+5. the folder is written atomically with sha256s (snnl.model.repository).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from snnl.scoring.conformal import Calibration
+from snnl.model.detector import Detector
+from snnl.core.distances import Distance
+from snnl.errors import InputError
+from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.model.repository import (
+    CALIBRATION_FILE,
+    MODEL_FILE,
+    NONCONFORMITY_KINDS,
+    REFERENCE_FILE,
+    LayerSpec,
+    Manifest,
+    NegLogScore,
+    Nonconformity,
+    check_name,
+    write_model,
+)
+from snnl.scoring.results import ScoreResult
+from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.core.temperature import entanglement
+from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
+
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+DEFAULT_NONCONFORMITY = "neighbor-mass"
+BATCH = 1024
+ENTANGLEMENT_POINTS = 1000  # reference rows (stratified) for T* and the entanglement
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What the manifest says besides the data-derived fields."""
+
+    name: str
+    version: str = "1"
+    created: str | None = None
+    class_names: Sequence[str] = ()
+    input_shape: Sequence[int] | None = None
+    preprocessing: str = "none"
+    distance: Distance = "cosine"
+    temperature_rule: str = DEFAULT_RULE
+    reference_dtype: StorageDtype = "float32"
+    alpha: float = 0.05
+    neighbors: int = 50
+    nonconformity: str = DEFAULT_NONCONFORMITY
+    mass_geometries: Sequence[Distance] = GEOMETRIES
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def default_created() -> str:
+    """``SOURCE_DATE_EPOCH`` (reproducible builds) when set, else now, as ISO 8601 UTC."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and not epoch.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}")
+    seconds = int(epoch) if epoch else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _rows(inputs: Inputs, start: int, stop: int) -> Inputs:
+    if isinstance(inputs, np.ndarray):
+        return inputs[start:stop]
+    return {name: x[start:stop] for name, x in inputs.items()}
+
+
+def _length(inputs: Inputs) -> int:
+    return len(inputs) if isinstance(inputs, np.ndarray) else len(next(iter(inputs.values())))
+
+
+def calibration_scores(detector: Detector, inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
+    in batches."""
+    log_score, a = [], []
+    for start in range(0, _length(inputs), BATCH):
+        rows = _rows(inputs, start, start + BATCH)
+        if isinstance(rows, np.ndarray):
+            output = detector.forward(rows)
+            scores = detector.batch_scores(output.features, output.logits)
+        else:
+            scores = detector.batch_scores(rows, None)
+        log_score.append(scores.log_score)
+        a.append(detector.nonconformity(scores))
+    return np.concatenate(log_score), np.concatenate(a)
+
+
+def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonconformity:
+    """The manifest's nonconformity section, fitted on the served reference set only."""
+    if recipe.nonconformity == "neg-log-score":
+        return NegLogScore()
+    return fit_neighbor_mass(
+        served.features, served.labels, geometries=recipe.mass_geometries, seed=seed
+    )
+
+
+def score_all(detector: Detector, inputs: Inputs) -> ScoreResult:
+    """``detector.score`` / ``score_embeddings`` over ``inputs`` in batches."""
+    parts = []
+    for start in range(0, _length(inputs), BATCH):
+        rows = _rows(inputs, start, start + BATCH)
+        if isinstance(rows, np.ndarray):
+            parts.append(detector.score(rows))
+        else:
+            parts.append(detector.score_embeddings(rows))
+    return ScoreResult.concatenate(parts)
+
+
+def _manifest(
+    recipe: ModelRecipe, served: ReferenceSet, calibration_size: int, seed: int
+) -> Manifest:
+    """The manifest (without files): one LayerSpec per layer with its chosen temperature and
+    the reference set's optimal temperature and entanglement."""
+    layers = []
+    for name, dim in served.dims().items():
+        features = served.features[name]
+        t_star, entangled = entanglement(
+            features, served.labels, recipe.distance, max_points=ENTANGLEMENT_POINTS, seed=seed
+        )
+        layers.append(
+            LayerSpec(
+                name=name,
+                dim=dim,
+                distance=recipe.distance,
+                temperature=choose_temperature(
+                    features, served.labels, recipe.distance, recipe.temperature_rule, seed=seed
+                ),
+                reference_size=served.size,
+                optimal_temperature=t_star,
+                entanglement=max(entangled, 0.0),
+            )
+        )
+    return Manifest(
+        name=recipe.name,
+        version=recipe.version,
+        created=recipe.created or default_created(),
+        input_shape=None if recipe.input_shape is None else list(recipe.input_shape),
+        input_dtype=None if recipe.input_shape is None else "float32",
+        preprocessing=recipe.preprocessing,
+        class_names=list(recipe.class_names),
+        layers=layers,
+        alpha=recipe.alpha,
+        neighbors=recipe.neighbors,
+        calibration_size=calibration_size,
+        nonconformity=_nonconformity(recipe, served, seed),
+        provenance={**recipe.provenance, "temperature_rule": recipe.temperature_rule},
+    )
+
+
+def build_model(
+    repository: str | Path,
+    recipe: ModelRecipe,
+    *,
+    reference: ReferenceSet,
+    calibration_inputs: Inputs,
+    onnx_model: bytes | None = None,
+    test: tuple[Inputs, np.ndarray] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> Manifest:
+    """Build and write ``repository/<recipe.name>``; returns the written manifest."""
+    check_name(recipe.name)
+    check_rule(recipe.temperature_rule)
+    if recipe.nonconformity not in NONCONFORMITY_KINDS:
+        raise InputError(
+            f"nonconformity: expected one of {', '.join(NONCONFORMITY_KINDS)}, "
+            f"got {recipe.nonconformity!r}"
+        )
+    target = resolve_device(device)
+    reference_bytes = reference.to_bytes(recipe.reference_dtype)
+    served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
+    try:
+        manifest = _manifest(recipe, served, _length(calibration_inputs), seed)
+    except ValidationError as err:
+        lines = str(err).splitlines()
+        raise InputError(f"manifest of {recipe.name!r}: {'; '.join(lines[:3])}") from err
+    runner = None if onnx_model is None else OnnxRunner(onnx_model, served.layers, target)
+    detector = Detector(manifest, reference=served, calibration=None, runner=runner, device=target)
+    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_inputs))
+    if test is not None:
+        calibrated = copy.copy(detector)
+        calibrated.calibration = calibration
+        result = score_all(calibrated, test[0])
+        manifest.provenance["test"] = {
+            "size": len(result),
+            "accuracy": float(np.mean(result.prediction == test[1])),
+            "flag_rate": float(np.mean(result.outlier)),
+        }
+    files = {REFERENCE_FILE: reference_bytes, CALIBRATION_FILE: calibration.to_bytes()}
+    if onnx_model is not None:
+        files[MODEL_FILE] = onnx_model
+    return write_model(repository, manifest, files)

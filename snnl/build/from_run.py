@@ -1,0 +1,198 @@
+"""``snnl export``: a training run -> a model folder of the repository (SPEC §3).
+
+model.onnx takes raw samples ``input`` (B, *input_shape) float32 (the standardization is the
+net's first module, so it is inside the graph) and returns ``logits`` and one output per served
+layer, named as the layer, in the net's order (the last is the penultimate layer). The export is
+checked against PyTorch on the same inputs before anything is written: every output element
+must satisfy |onnx - torch| <= 1e-5 + 1e-5 |torch| (absolute near zero, relative for large
+values: float32 rounding of logits of size ~10 differs by ~1e-5 between the two runtimes). The
+reference set is the training split's activations, the calibration set the run's calibration
+split (or a stratified re-split of its calibration + test pool). The nonconformity a(x) is
+``neighbor-mass`` by default (snnl.scoring.neighbor_mass) or SPEC §2's ``neg-log-score``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from snnl import __version__
+from snnl.build.assemble import DEFAULT_NONCONFORMITY, ModelRecipe, build_model
+from snnl.core.distances import Distance
+from snnl.errors import InputError, SnnlError
+from snnl.scoring.neighbor_mass import GEOMETRIES
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.model.repository import Manifest
+from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.core.taps import LayerTaps
+from snnl.scoring.temperature_rule import DEFAULT_RULE
+from snnl.training.loop import load_run
+
+ONNX_OPSET = 17
+TOLERANCE = 1e-5  # absolute and relative: |a - b| <= TOLERANCE (1 + |b|)
+PREPROCESSING = "standardize: (x - mean) / std of the training split, inside model.onnx"
+
+
+class _WithLayers(nn.Module):
+    """net(x) -> (logits, *layer outputs flattened to (B, d_l)), for tracing."""
+
+    def __init__(self, net: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.layers = tuple(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with LayerTaps(self.net, self.layers) as taps:
+            logits = self.net(x)
+        return (logits, *(taps.activations[name] for name in self.layers))
+
+
+def export_onnx(net: nn.Module, layers: Sequence[str], input_shape: Sequence[int]) -> bytes:
+    """The ONNX model of ``net`` (eval mode, CPU) with outputs logits + ``layers``; the same net
+    gives the same bytes (the legacy TorchScript exporter is deterministic)."""
+    wrapper = _WithLayers(net, layers).eval()
+    names = ["input", "logits", *layers]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(
+            wrapper,
+            (torch.zeros(2, *input_shape),),
+            buffer,
+            input_names=["input"],
+            output_names=names[1:],
+            dynamic_axes={name: {0: "batch"} for name in names},
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def verify_onnx(
+    model: bytes, net: nn.Module, layers: Sequence[str], x: np.ndarray, tolerance: float = TOLERANCE
+) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch outputs on ``x``; SnnlError when any
+    element has |onnx - torch| > tolerance + tolerance |torch|."""
+    runner = OnnxRunner(model, layers, torch.device("cpu"))
+    onnx_out = runner.run(np.ascontiguousarray(x, dtype=np.float32))
+    with torch.no_grad():
+        torch_out = _WithLayers(net, layers)(torch.from_numpy(x))
+    names = ["logits", *layers]
+    pairs = zip(names, [onnx_out.logits, *onnx_out.features.values()], torch_out, strict=True)
+    worst = 0.0
+    for name, a, b in pairs:
+        expected = b.numpy()
+        error = np.abs(a - expected)
+        bad = ~(error <= tolerance * (1.0 + np.abs(expected)))  # NaN is bad
+        if bad.any():
+            i = tuple(np.argwhere(bad)[0])
+            raise SnnlError(
+                f"ONNX export differs from PyTorch in output {name!r}: {a[i]:.7g} vs "
+                f"{expected[i]:.7g} (allowed {tolerance:g} + {tolerance:g} |torch|)"
+            )
+        worst = max(worst, float(error.max()))
+    return worst
+
+
+def _calibration_split(
+    x_cal: np.ndarray,
+    y_cal: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    fraction: float,
+    total: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Re-split calibration + test: round(fraction * total) calibration rows, stratified."""
+    x_pool, y_pool = np.concatenate([x_cal, x_test]), np.concatenate([y_cal, y_test])
+    size = round(fraction * total) if 0.0 < fraction < 1.0 else 0  # NaN and inf included
+    if not 1 <= size < len(y_pool):
+        raise InputError(
+            f"--calibration-fraction {fraction} asks for {size} of {total} samples; the run's "
+            f"calibration + test pool holds {len(y_pool)}"
+        )
+    try:
+        cal, test = train_test_split(
+            np.arange(len(y_pool)), train_size=size, random_state=seed, stratify=y_pool
+        )
+    except ValueError as err:
+        raise InputError(f"cannot re-split the calibration + test pool: {err}") from err
+    cal, test = np.sort(cal), np.sort(test)
+    return x_pool[cal], y_pool[cal], x_pool[test], y_pool[test]
+
+
+def export_run(
+    run_dir: str | Path,
+    repository: str | Path,
+    name: str,
+    *,
+    version: str = "1",
+    calibration_fraction: float | None = None,
+    reference_dtype: StorageDtype = "float32",
+    distance: Distance = "cosine",
+    temperature_rule: str = DEFAULT_RULE,
+    nonconformity: str = DEFAULT_NONCONFORMITY,
+    mass_geometries: Sequence[Distance] = GEOMETRIES,
+    layers: Sequence[str] | None = None,
+    created: str | None = None,
+    device: str = "auto",
+) -> Manifest:
+    """Export the run in ``run_dir`` to ``repository/<name>``; returns the written manifest."""
+    run = load_run(run_dir)
+    config, split, net = run.config, run.split, run.net.cpu().eval()
+    served = tuple(layers) if layers else tuple(config.hidden_layers)
+    unknown = [layer for layer in served if layer not in config.hidden_layers]
+    if unknown:
+        raise InputError(f"--layers: {unknown} not among the run's {config.hidden_layers}")
+    model = export_onnx(net, served, config.input_shape)
+    verify_onnx(model, net, served, split.x_test[:256])
+    x_cal, y_cal, x_test, y_test = (
+        split.x_calibration,
+        split.y_calibration,
+        split.x_test,
+        split.y_test,
+    )
+    if calibration_fraction is not None:
+        total = len(split.y_train) + len(y_cal) + len(y_test)
+        x_cal, y_cal, x_test, y_test = _calibration_split(
+            x_cal, y_cal, x_test, y_test, calibration_fraction, total, config.seed
+        )
+    reference = ReferenceSet.from_net(
+        net, split.x_train, split.y_train, served, device=resolve_device(device)
+    )
+    recipe = ModelRecipe(
+        name=name,
+        version=version,
+        created=created,
+        class_names=config.class_names,
+        input_shape=config.input_shape,
+        preprocessing=PREPROCESSING,
+        distance=distance,
+        temperature_rule=temperature_rule,
+        nonconformity=nonconformity,
+        mass_geometries=tuple(mass_geometries),
+        reference_dtype=reference_dtype,
+        provenance={
+            "run": config.model_dump(mode="json"),
+            "snnl_version": __version__,
+            "torch_version": torch.__version__,
+        },
+    )
+    return build_model(
+        repository,
+        recipe,
+        reference=reference,
+        calibration_inputs=x_cal,
+        onnx_model=model,
+        test=(x_test, y_test),
+        device=device,
+        seed=config.seed,
+    )

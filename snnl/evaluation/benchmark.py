@@ -1,0 +1,224 @@
+"""The ``snnl evaluate`` pipeline: OOD detection by one served model, against baselines.
+
+For one ``Detector``, an in-distribution (ID) labeled set and one or more OOD sets, every
+detector gives a score per sample, higher = more in-distribution:
+
+* ``soft_neighbor``: -a(x), the negated nonconformity of the served flag (the manifest's kind,
+  by default the neighbor mass of snnl.scoring.neighbor_mass; the same ranking as the p-value p(x),
+  without its ties);
+* ``msp``, ``energy``: from the logits; ``mahalanobis``, ``knn``: from the penultimate layer
+  (the manifest's last layer), fitted on the model's reference set (``snnl.evaluation.baselines``);
+* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), SPEC §2's starting point
+  (the fraction of soft-neighbor mass in the predicted class), for comparison.
+
+Per OOD set and detector: AUROC, FPR at 95% TPR and AUPR with ID positive
+(``snnl.evaluation.ood_metrics``). On the ID set: accuracy, the flag's false-positive rate (fraction
+flagged), and the per-layer embedding evaluation (``snnl.evaluation.embeddings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from snnl.errors import InputError
+from snnl.evaluation.baselines import BaselineDetector, default_baselines
+from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_embeddings
+from snnl.evaluation.ood_metrics import OODMetrics, ood_metrics
+from snnl.scoring.conformal import nonconformity as neg_log_score
+
+if TYPE_CHECKING:
+    from snnl.model.detector import Detector
+
+SOFT_NEIGHBOR = "soft_neighbor"
+DETECTORS: tuple[str, ...] = (SOFT_NEIGHBOR, "msp", "energy", "mahalanobis", "knn")
+RATIO = "soft_neighbor_ratio"
+BATCH_SIZE = 512
+
+
+@dataclass
+class ModelOutputs:
+    """Everything the detectors need about one set: logits (B, C) or None for an
+    embedding-only model, features {layer: (B, d)}, the soft-neighbor scores s_l (B, L),
+    the served nonconformity and flags."""
+
+    logits: np.ndarray | None
+    features: dict[str, np.ndarray]
+    prediction: np.ndarray
+    soft_neighbor_score: np.ndarray
+    nonconformity: np.ndarray
+    outlier: np.ndarray
+
+
+@dataclass
+class Evaluation:
+    """The result: report figures and, for plots, every detector's scores per set."""
+
+    model: str
+    version: str
+    alpha: float
+    nonconformity: str  # the manifest's kind, the soft_neighbor detector
+    accuracy: float
+    flag_false_positive_rate: float
+    layers: EmbeddingEvaluation
+    ood: dict[str, dict[str, OODMetrics]]
+    sizes: dict[str, Any]  # {"id": N, "ood": {stem: M}}
+    id_scores: dict[str, np.ndarray] = field(repr=False)  # detector -> (N,)
+    ood_scores: dict[str, dict[str, np.ndarray]] = field(repr=False)  # stem -> detector -> (M,)
+
+    @property
+    def entanglement(self) -> dict[str, float]:
+        """{layer: SNNL at T*} on the ID set."""
+        return {layer.name: layer.entanglement for layer in self.layers.layers}
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json: SPEC §4 keys (accuracy, flag_false_positive_rate, entanglement, ood)
+        plus model, version, alpha, nonconformity, sizes and the per-layer evaluation."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "alpha": self.alpha,
+            "nonconformity": self.nonconformity,
+            "accuracy": self.accuracy,
+            "flag_false_positive_rate": self.flag_false_positive_rate,
+            "entanglement": self.entanglement,
+            "ood": {
+                stem: {name: m.as_dict() for name, m in per_detector.items()}
+                for stem, per_detector in self.ood.items()
+            },
+            "sizes": self.sizes,
+            "layers": self.layers.to_dict()["layers"],
+            "score_direction": "higher = more in-distribution; ID is the positive class",
+        }
+
+
+def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ModelOutputs:
+    """Run ``det`` over x in batches: logits and served-layer features, and its scores.
+
+    For an embedding-only model x must be (N, d) embeddings of its single served layer.
+    """
+    logits: list[np.ndarray] = []
+    features: dict[str, list[np.ndarray]] = {layer: [] for layer in det.layers}
+    results = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        if det.input_shape is None:
+            if len(det.layers) != 1:
+                raise InputError(
+                    f"x: an embedding-only model with layers {list(det.layers)} needs one "
+                    "embedding per layer; evaluate supports single-layer models"
+                )
+            embeddings = {det.layers[0]: chunk.reshape(len(chunk), -1)}
+            results.append(det.score_embeddings(embeddings))
+            features[det.layers[0]].append(embeddings[det.layers[0]])
+            continue
+        out = det.forward(chunk)
+        logits.append(out.logits)
+        for layer in det.layers:
+            features[layer].append(out.features[layer])
+        results.append(det.score(chunk))
+    return ModelOutputs(
+        logits=np.concatenate(logits) if logits else None,
+        features={layer: np.concatenate(parts) for layer, parts in features.items()},
+        prediction=np.concatenate([r.prediction for r in results]),
+        soft_neighbor_score=np.concatenate([r.soft_neighbor_score for r in results]),
+        nonconformity=np.concatenate([r.nonconformity for r in results]),
+        outlier=np.concatenate([r.outlier for r in results]),
+    )
+
+
+def fit_baselines(
+    det: Detector, baselines: list[BaselineDetector] | None = None
+) -> list[BaselineDetector]:
+    """The baselines fitted on the model's reference set (penultimate = the last served layer).
+
+    MSP and energy need logits, so an embedding-only model gets Mahalanobis and KNN only.
+    """
+    chosen = default_baselines() if baselines is None else baselines
+    if det.input_shape is None:
+        chosen = [b for b in chosen if b.name not in ("msp", "energy")]
+    penultimate = det.layers[-1]
+    reference = det.reference_features(penultimate)
+    for baseline in chosen:
+        baseline.fit(reference, det.reference_labels)
+    return chosen
+
+
+def detector_scores(
+    outputs: ModelOutputs, baselines: list[BaselineDetector], penultimate: str
+) -> dict[str, np.ndarray]:
+    """{detector: ID scores (B,)}, higher = more in-distribution."""
+    scores = {SOFT_NEIGHBOR: -outputs.nonconformity.astype(np.float64)}
+    logits = outputs.logits
+    if logits is None:
+        logits = np.zeros((len(outputs.prediction), 1))
+    for baseline in baselines:
+        scores[baseline.name] = baseline.score(logits, outputs.features[penultimate])
+    with np.errstate(divide="ignore"):  # s_l = 0 is floored at 1e-12
+        scores[RATIO] = -neg_log_score(np.log(outputs.soft_neighbor_score))
+    return scores
+
+
+def _check_x(det: Detector, x: np.ndarray, field: str) -> None:
+    if x.ndim < 2 or len(x) == 0:
+        raise InputError(f"{field}: expected a non-empty (N, ...) array, got shape {x.shape}")
+    if det.input_shape is not None and tuple(x.shape[1:]) != tuple(det.input_shape):
+        raise InputError(
+            f"{field}: samples of shape {tuple(x.shape[1:])} do not fit model {det.name!r}, "
+            f"which expects {tuple(det.input_shape)}"
+        )
+
+
+def evaluate(
+    det: Detector,
+    id_x: np.ndarray,
+    id_y: np.ndarray,
+    ood_sets: Mapping[str, np.ndarray],
+    *,
+    baselines: list[BaselineDetector] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Evaluation:
+    """Evaluate ``det`` on the ID set (id_x (N, *shape), id_y (N,) in the model's label space)
+    against each OOD set {stem: (M, *shape)}."""
+    if not ood_sets:
+        raise InputError("ood: give at least one out-of-distribution set")
+    _check_x(det, id_x, "id.x")
+    for stem, x in ood_sets.items():
+        _check_x(det, x, f"{stem}.x")
+    num_classes = len(det.class_names)
+    if id_y.shape != (len(id_x),) or id_y.min() < 0 or id_y.max() >= num_classes:
+        raise InputError(f"id.y: expected ({len(id_x)},) class ids in 0..{num_classes - 1}")
+    fitted = fit_baselines(det, baselines)
+    penultimate = det.layers[-1]
+    id_out = model_outputs(det, id_x, batch_size)
+    id_scores = detector_scores(id_out, fitted, penultimate)
+    ood_scores: dict[str, dict[str, np.ndarray]] = {}
+    ood: dict[str, dict[str, OODMetrics]] = {}
+    for stem, x in ood_sets.items():
+        outputs = model_outputs(det, x, batch_size)
+        ood_scores[stem] = detector_scores(outputs, fitted, penultimate)
+        ood[stem] = {
+            name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores
+        }
+    layers = evaluate_embeddings(
+        id_out.features,
+        id_y,
+        temperatures={layer.name: layer.temperature for layer in det.manifest.layers},
+        distances={layer.name: layer.distance for layer in det.manifest.layers},
+    )
+    return Evaluation(
+        model=det.name,
+        version=det.version,
+        alpha=float(det.manifest.alpha),
+        nonconformity=det.manifest.nonconformity.kind,
+        accuracy=float(np.mean(id_out.prediction == id_y)),
+        flag_false_positive_rate=float(np.mean(id_out.outlier)),
+        layers=layers,
+        ood=ood,
+        sizes={"id": len(id_x), "ood": {stem: len(x) for stem, x in ood_sets.items()}},
+        id_scores=id_scores,
+        ood_scores=ood_scores,
+    )

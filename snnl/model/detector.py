@@ -1,0 +1,304 @@
+"""``Detector``: one served model = ONNX runtime + soft-neighbor scorer + calibration.
+
+    det = Detector.load("models", "digits-mlp")       # device "auto" | "cpu" | "cuda"
+    res = det.score(x)                                 # x (B, *input_shape) or (B, prod(shape))
+    res = det.score_embeddings({"embedding": e})       # embedding-only models: {layer: (B, d_l)}
+
+A score is one forward pass (logits and the served layers), then per layer one chunked matrix
+product against the reference set on the device (snnl.scoring.scorer, which also computes the
+neighbor-mass terms of the manifest's nonconformity), then a(x) of the manifest's kind and
+p-values from the sorted calibration arrays (snnl.scoring.conformal). The object is read-only after
+loading: ``score`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+
+from snnl.errors import InputError, RepositoryError
+from snnl.model.reference import ReferenceSet
+from snnl.model.repository import (
+    CALIBRATION_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    Manifest,
+    NeighborMass,
+    read_model_files,
+    read_verified,
+)
+from snnl.model.runtime import ForwardOutput, OnnxRunner, resolve_device
+from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
+from snnl.scoring.conformal import nonconformity as neg_log_score
+from snnl.scoring.results import ScoreResult
+from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
+from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+
+__all__ = ["Detector", "ForwardOutput", "ScoreResult"]
+
+
+class Detector:
+    """A loaded model of the repository. Build it with :meth:`load`.
+
+    ``calibration`` may be None only while a model is being exported (``batch_scores`` works,
+    ``score`` does not).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        reference: ReferenceSet,
+        calibration: Calibration | None,
+        runner: OnnxRunner | None,
+        device: torch.device,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        reference_path: Path | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.calibration = calibration
+        self.device = str(device)
+        self._runner = runner
+        self._reference_path = reference_path
+        specs = {layer.name: layer for layer in manifest.layers}
+        self.layers: tuple[str, ...] = tuple(specs)
+        self.reference_labels: np.ndarray = reference.labels.cpu().numpy()
+        self.reference_sizes: dict[str, int] = {name: reference.size for name in self.layers}
+        self._dims = {name: layer.dim for name, layer in specs.items()}
+        spec = manifest.nonconformity
+        terms = spec.terms if isinstance(spec, NeighborMass) else []
+        self._scorer = SoftNeighborScorer(
+            {name: reference.features[name].to(device) for name in self.layers},
+            reference.labels.to(device),
+            num_classes=len(manifest.class_names),
+            temperatures={name: layer.temperature for name, layer in specs.items()},
+            distances={name: layer.distance for name, layer in specs.items()},
+            mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
+            chunk_size=chunk_size,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        repository: str | Path,
+        name: str,
+        device: str = "auto",
+        *,
+        threads: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Detector:
+        """Load ``repository/<name>`` (checksums verified) onto ``device``.
+
+        ``threads``: ONNX Runtime intra-op threads (None: its default). RepositoryError names a
+        missing, tampered or malformed file.
+        """
+        target = resolve_device(device)
+        manifest, files = read_model_files(repository, name)
+        folder = Path(repository) / name
+        layers = [layer.name for layer in manifest.layers]
+        reference = ReferenceSet.from_bytes(
+            files[REFERENCE_FILE], layers, device=target, source=folder / REFERENCE_FILE
+        )
+        calibration = Calibration.from_bytes(
+            files[CALIBRATION_FILE], layers, source=folder / CALIBRATION_FILE
+        )
+        runner = None
+        if not manifest.embedding_only:
+            runner = OnnxRunner(
+                files[MODEL_FILE], layers, target, threads=threads, source=str(folder / MODEL_FILE)
+            )
+        _check_consistency(manifest, reference, calibration, runner, folder)
+        return cls(
+            manifest,
+            reference=reference,
+            calibration=calibration,
+            runner=runner,
+            device=target,
+            chunk_size=chunk_size,
+            reference_path=folder / REFERENCE_FILE,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one sample, or None for an embedding-only model."""
+        shape = self.manifest.input_shape
+        return None if shape is None else tuple(shape)
+
+    @property
+    def backend(self) -> str:
+        """ "onnxruntime" (with the execution provider in ``provider``) or "none"."""
+        return "none" if self._runner is None else "onnxruntime"
+
+    @property
+    def provider(self) -> str | None:
+        """The ONNX Runtime execution provider in use, None for an embedding-only model."""
+        return None if self._runner is None else self._runner.provider
+
+    def forward(self, x: np.ndarray) -> ForwardOutput:
+        """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32."""
+        if self._runner is None or self.input_shape is None:
+            raise InputError(f"model {self.name!r} is embedding-only: send embeddings, not inputs")
+        return self._runner.run(check_inputs(x, self.input_shape))
+
+    def reference_features(self, layer: str) -> np.ndarray:
+        """The stored reference matrix (N, d) of ``layer`` as float32, rows in stored order,
+        read again from the repository (sha256 checked: RepositoryError if it changed)."""
+        if layer not in self.layers:
+            raise InputError(f"layer: expected one of {list(self.layers)}, got {layer!r}")
+        if self._reference_path is None:
+            raise InputError(f"model {self.name!r} was not loaded from a repository")
+        data = read_verified(self._reference_path, self.manifest.files[REFERENCE_FILE])
+        return load_safetensors(data)[f"features.{layer}"].float().numpy()
+
+    def batch_scores(
+        self,
+        features: Mapping[str, np.ndarray],
+        logits: np.ndarray | None,
+        *,
+        neighbors: int = 0,
+    ) -> BatchScores:
+        """Soft-neighbor scores of validated features; the prediction is argmax ``logits``, or
+        for embedding-only models the soft-neighbor class argmax of the last layer."""
+        predicted = None if logits is None else torch.from_numpy(logits.argmax(1))
+        queries = {name: torch.from_numpy(features[name]) for name in self.layers}
+        return self._scorer.score(
+            queries, predicted, k=self.manifest.neighbors, neighbors=neighbors
+        )
+
+    def nonconformity(self, scores: BatchScores) -> np.ndarray:
+        """a (B,) of the manifest's kind: the neighbor-mass sum (snnl.scoring.neighbor_mass) or
+        SPEC §2's
+        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal)."""
+        spec = self.manifest.nonconformity
+        if isinstance(spec, NeighborMass):
+            return mass_nonconformity(scores.log_mass, spec)
+        return neg_log_score(scores.log_score)
+
+    def score(
+        self, x: np.ndarray, *, alpha: float | None = None, neighbors: int = 0
+    ) -> ScoreResult:
+        """Score samples ``x`` (B, *input_shape) or (B, prod(input_shape))."""
+        alpha = check_alpha(alpha, self.manifest.alpha)
+        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
+        start = time.perf_counter()
+        output = self.forward(x)
+        forward = time.perf_counter() - start
+        return self._finish(output.features, output.logits, alpha, neighbors, forward)
+
+    def score_embeddings(
+        self,
+        embeddings: Mapping[str, np.ndarray],
+        *,
+        alpha: float | None = None,
+        neighbors: int = 0,
+    ) -> ScoreResult:
+        """Score layer representations {layer: (B, d_l)} of an embedding-only model."""
+        if self._runner is not None:
+            raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
+        alpha = check_alpha(alpha, self.manifest.alpha)
+        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
+        features = check_embeddings(embeddings, self._dims)
+        return self._finish(features, None, alpha, neighbors, 0.0)
+
+    def _finish(
+        self,
+        features: Mapping[str, np.ndarray],
+        logits: np.ndarray | None,
+        alpha: float,
+        neighbors: int,
+        forward_seconds: float,
+    ) -> ScoreResult:
+        if self.calibration is None:
+            raise InputError(f"model {self.name!r} has no calibration yet")
+        start = time.perf_counter()
+        scores = self.batch_scores(features, logits, neighbors=neighbors)
+        middle = time.perf_counter()
+        a = self.nonconformity(scores)
+        p = self.calibration.p_value(a)
+        layer_p = self.calibration.layer_p_values(scores.log_score)
+        if logits is None:
+            confidence = scores.class_probability.max(1)
+        else:
+            shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
+            confidence = 1.0 / np.exp(shifted).sum(1)
+        broken = ~(np.isfinite(a) & np.isfinite(confidence))
+        if broken.any():  # finite inputs so large that the layers or distances overflow
+            raise InputError(
+                f"{'embeddings' if logits is None else 'inputs'}: sample "
+                f"{int(np.flatnonzero(broken)[0])} makes the model overflow (non-finite layer "
+                "outputs or scores); values of that magnitude are not supported"
+            )
+        outlier = flag(p, alpha)
+        end = time.perf_counter()
+        return ScoreResult(
+            layers=self.layers,
+            class_names=self.class_names,
+            prediction=scores.predicted,
+            confidence=confidence,
+            nonconformity=a,
+            p_value=p,
+            outlier=outlier,
+            soft_neighbor_score=np.exp(scores.log_score),
+            same_class_neighbors=scores.same_class,
+            layer_p_value=layer_p,
+            neighbor_ids=scores.neighbor_ids,
+            alpha=alpha,
+            timings={
+                "forward": forward_seconds,
+                "neighbors": middle - start,
+                "calibrate": end - middle,
+            },
+        )
+
+
+def _check_consistency(
+    manifest: Manifest,
+    reference: ReferenceSet,
+    calibration: Calibration,
+    runner: OnnxRunner | None,
+    folder: Path,
+) -> None:
+    """RepositoryError when the files of ``folder`` disagree with each other or the manifest."""
+    for layer in manifest.layers:
+        dim = reference.dims()[layer.name]
+        if dim != layer.dim or reference.size != layer.reference_size:
+            raise RepositoryError(
+                f"{folder / REFERENCE_FILE}: layer {layer.name!r} is ({reference.size}, {dim}),"
+                f" the manifest says ({layer.reference_size}, {layer.dim})"
+            )
+    if calibration.size != manifest.calibration_size:
+        raise RepositoryError(
+            f"{folder / CALIBRATION_FILE}: {calibration.size} calibration points, the "
+            f"manifest says {manifest.calibration_size}"
+        )
+    low, high = int(reference.labels.min()), int(reference.labels.max())
+    if low < 0 or high >= len(manifest.class_names):
+        raise RepositoryError(
+            f"{folder / REFERENCE_FILE}: labels must lie in [0, {len(manifest.class_names)}) "
+            f"(one per class name), got {low}..{high}"
+        )
+    if runner is not None:
+        expected = {"logits": len(manifest.class_names)} | {x.name: x.dim for x in manifest.layers}
+        for output, width in runner.widths.items():
+            if width is not None and width != expected[output]:
+                raise RepositoryError(
+                    f"{folder / MODEL_FILE}: output {output!r} has width {width}, "
+                    f"the manifest says {expected[output]}"
+                )

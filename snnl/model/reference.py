@@ -1,0 +1,138 @@
+"""The reference set: per-layer activations (N, d_l) of the training split and their labels (N,).
+
+Rows are stored sorted by label (stable), so each class is a contiguous run and the scorer reads
+the file as is; neighbor ids index this stored order. The file (reference.safetensors) holds
+``labels`` (N,) int64 and ``features.<layer>`` (N, d_l) float32 or float16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from snnl.core.taps import LayerTaps
+from snnl.errors import RepositoryError
+
+StorageDtype = Literal["float32", "float16"]
+_STORAGE: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+
+
+class ReferenceSet:
+    """Features {layer: (N, d_l)} and labels (N,) int64, rows sorted by label, on one device."""
+
+    def __init__(self, features: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        if labels.ndim != 1 or labels.numel() == 0:
+            raise ValueError(f"labels must be (N,) with N >= 1, got {tuple(labels.shape)}")
+        if not bool((labels[1:] >= labels[:-1]).all()):
+            raise ValueError(
+                "reference rows must be sorted by label (use ReferenceSet.from_arrays)"
+            )
+        for name, x in features.items():
+            if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+                raise ValueError(
+                    f"features of layer {name!r} must be (N={labels.shape[0]}, d), "
+                    f"got {tuple(x.shape)}"
+                )
+        self.features: dict[str, torch.Tensor] = dict(features)
+        self.labels = labels.to(torch.int64)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self.features)
+
+    @property
+    def size(self) -> int:
+        """N, the number of reference rows."""
+        return int(self.labels.shape[0])
+
+    def dims(self) -> dict[str, int]:
+        """{layer: d_l}."""
+        return {name: int(x.shape[1]) for name, x in self.features.items()}
+
+    @classmethod
+    def from_arrays(
+        cls, features: Mapping[str, np.ndarray | torch.Tensor], labels: np.ndarray | torch.Tensor
+    ) -> ReferenceSet:
+        """A reference set from rows in any order (all on one device), sorted stably by label."""
+        y = torch.as_tensor(labels).to(torch.int64)
+        order = torch.argsort(y, stable=True)
+        return cls({name: torch.as_tensor(x)[order] for name, x in features.items()}, y[order])
+
+    @classmethod
+    @torch.inference_mode()
+    def from_net(
+        cls,
+        net: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        layers: Sequence[str],
+        *,
+        device: torch.device,
+        batch_size: int = 1024,
+    ) -> ReferenceSet:
+        """Activations of ``layers`` of ``net`` (eval mode) on ``x`` (N, *shape), in batches on
+        ``device``; the net is moved there and back. Features end up float32 on the CPU."""
+        original = next(net.parameters()).device
+        net.to(device)
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        try:
+            with LayerTaps(net, layers, detach=True) as taps:
+                for start in range(0, len(x), batch_size):
+                    net(torch.from_numpy(x[start : start + batch_size]).to(device))
+                    for name in layers:
+                        parts[name].append(taps.activations[name].float().cpu())
+        finally:
+            net.to(original)
+        features = {name: torch.cat(chunks) for name, chunks in parts.items()}
+        return cls.from_arrays(features, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    def to_bytes(self, dtype: StorageDtype = "float32") -> bytes:
+        """reference.safetensors with features stored as ``dtype``."""
+        if dtype not in _STORAGE:
+            raise ValueError(f"reference dtype must be float32 or float16, got {dtype!r}")
+        tensors = {"labels": self.labels.cpu().contiguous()}
+        for name, x in self.features.items():
+            tensors[f"features.{name}"] = x.detach().to("cpu", _STORAGE[dtype]).contiguous()
+        return save_safetensors(tensors)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        layers: Sequence[str],
+        *,
+        device: torch.device | str = "cpu",
+        source: str | Path = "reference.safetensors",
+    ) -> ReferenceSet:
+        """Parse reference.safetensors for ``layers`` and put it on ``device`` once (features
+        keep their stored dtype); RepositoryError names ``source`` and the bad tensor."""
+        try:
+            tensors = load_safetensors(data)
+        except Exception as err:
+            raise RepositoryError(f"{source}: not a readable safetensors file ({err})") from err
+        labels = tensors.get("labels")
+        if labels is None or labels.ndim != 1 or labels.dtype != torch.int64 or labels.numel() == 0:
+            raise RepositoryError(f"{source}: 'labels' must be a non-empty (N,) int64 tensor")
+        features = {}
+        for name in layers:
+            key = f"features.{name}"
+            x = tensors.get(key)
+            if x is None:
+                raise RepositoryError(f"{source}: missing tensor {key!r}")
+            if x.ndim != 2 or x.shape[0] != labels.shape[0] or x.dtype not in _STORAGE.values():
+                raise RepositoryError(
+                    f"{source}: {key!r} must be (N={labels.shape[0]}, d) float32 or float16, "
+                    f"got {tuple(x.shape)} {x.dtype}"
+                )
+            features[name] = x.to(device)
+        try:
+            return cls(features, labels.to(device))
+        except ValueError as err:
+            raise RepositoryError(f"{source}: {err}") from err

@@ -1,0 +1,89 @@
+"""The neighbor-mass nonconformity: how many soft neighbors of its predicted class a sample has.
+
+SPEC §1 flags data that "has fewer than the normal number of neighbors from the predicted class".
+The SPEC §2 score s_l is a *fraction* (same-class mass over all mass), so it cannot tell a sample
+far from every reference point from one in the middle of its class (the query's distance cancels
+in the ratio); this nonconformity uses the *amount* instead. For served layer l, geometry g
+(cosine and squared euclidean), predicted class c and the n_c reference rows r_j of class c:
+
+    m_{l,g}(x) = log( (1/n_c) sum_{j: y_j = c} exp(-D_g(h_l(x), r_j) / T_{l,g}) )
+    a(x)       = -sum_{l,g} (m_{l,g}(x) - mu_{l,g}) / sigma_{l,g}     (higher = less typical)
+
+m is the log of a class-conditional kernel density, computed by ``snnl.core.kernel.class_log_mass``
+(the same code the scorer runs on every batch). Everything is fitted on the reference set
+(in-distribution training features) only: T_{l,g} by the perplexity rule
+(``snnl.scoring.temperature_rule.perplexity_temperature``: the leave-one-out soft neighborhood
+holds P
+points, P = 30), mu and sigma as the mean and standard deviation of m over reference rows left out
+of their own sum, each with its own label as c. Cosine sees the direction of a representation and
+euclidean its position, including its norm (inputs scaled far out keep their direction).
+The calibration split is then scored with this a(x), so the conformal flag keeps its guarantee.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from snnl.core.distances import Distance, check_distance
+from snnl.core.kernel import ReferenceKernel, class_log_mass
+from snnl.core.temperature import stratified_subsample
+from snnl.errors import InputError
+from snnl.model.repository import MassTerm, NeighborMass
+from snnl.scoring.temperature_rule import perplexity_temperature
+
+DEFAULT_PERPLEXITY = 30.0
+GEOMETRIES: tuple[Distance, ...] = ("cosine", "euclidean")
+_CHUNK = 4096
+
+
+def fit_neighbor_mass(
+    features: Mapping[str, np.ndarray | torch.Tensor],
+    labels: np.ndarray | torch.Tensor,
+    *,
+    perplexity: float = DEFAULT_PERPLEXITY,
+    geometries: Sequence[Distance] = GEOMETRIES,
+    max_stat_rows: int = 2000,
+    seed: int = 0,
+) -> NeighborMass:
+    """The manifest's neighbor-mass section fitted on reference features {layer: (N, d_l)} and
+    labels (N,), in float64 on the CPU; mu and sigma over at most ``max_stat_rows`` reference rows
+    (stratified, seeded), each left out of its own class's sum."""
+    if not perplexity > 1:
+        raise InputError(f"perplexity: expected > 1, got {perplexity}")
+    if not geometries:
+        raise InputError("geometries: expected at least one distance")
+    y = np.asarray(torch.as_tensor(labels).cpu())
+    if y.ndim != 1 or len(y) < 3 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise InputError(
+            f"labels: expected (N >= 3,) class ids >= 0, got shape {y.shape} dtype {y.dtype}"
+        )
+    order = np.argsort(y, kind="stable")
+    y = y[order].astype(np.int64)
+    counts = np.bincount(y)
+    ends = np.cumsum(counts)
+    class_rows = [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
+    rows = torch.from_numpy(stratified_subsample(y, max_stat_rows, seed))
+    classes = torch.from_numpy(y)[rows]
+    terms = []
+    for layer, values in features.items():
+        x = torch.as_tensor(values).detach().to("cpu", torch.float64)
+        if x.ndim != 2 or x.shape[0] != len(y):
+            raise InputError(f"features.{layer}: expected ({len(y)}, d), got {tuple(x.shape)}")
+        x = x[torch.from_numpy(order)]
+        for g in geometries:
+            t = perplexity_temperature(x, y, check_distance(g), perplexity, seed=seed)
+            kernel = ReferenceKernel.from_features(x, g, t)
+            loo = class_log_mass(kernel, x[rows], classes, class_rows, _CHUNK, exclude=rows)
+            terms.append(
+                MassTerm(
+                    layer=layer,
+                    distance=g,
+                    temperature=t,
+                    mean=float(loo.mean()),
+                    std=max(float(loo.std(correction=0)), 1e-12),
+                )
+            )
+    return NeighborMass(perplexity=perplexity, terms=terms)

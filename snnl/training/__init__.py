@@ -1,0 +1,1 @@
+"""Training with the SNNL: nets, datasets and splits, ``SNNLoss``, the run directory, the loop."""

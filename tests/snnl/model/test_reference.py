@@ -1,0 +1,78 @@
+"""ReferenceSet: sorting, activations of a net, safetensors round trip, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from snnl.core.taps import LayerTaps
+from snnl.errors import RepositoryError
+from snnl.model.reference import ReferenceSet
+from snnl.training.nets import build_net
+
+
+def test_from_arrays_sorts_rows_stably_by_label() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.array([2, 0, 1, 0, 2, 1])
+    ref = ReferenceSet.from_arrays({"h": x}, y)
+    np.testing.assert_array_equal(ref.labels.numpy(), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(ref.features["h"].numpy()[:, 0], [2, 6, 4, 10, 0, 8])
+    assert ref.size == 6 and ref.dims() == {"h": 2} and ref.layers == ("h",)
+
+
+def test_from_net_is_the_layer_activations() -> None:
+    torch.manual_seed(0)
+    net = build_net("mlp", [6], 3, hidden=[5, 4]).eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=23)
+    ref = ReferenceSet.from_net(net, x, y, ["fc1", "fc2"], device=torch.device("cpu"), batch_size=4)
+    order = np.argsort(y, kind="stable")
+    with torch.no_grad(), LayerTaps(net, ["fc1", "fc2"]) as taps:
+        net(torch.from_numpy(x))
+        for name in ("fc1", "fc2"):
+            np.testing.assert_allclose(
+                ref.features[name].numpy(), taps.activations[name].numpy()[order], atol=1e-6
+            )
+    np.testing.assert_array_equal(ref.labels.numpy(), y[order])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_round_trip(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    ref = ReferenceSet.from_arrays(
+        {
+            "a": rng.normal(size=(9, 3)).astype(np.float32),
+            "b": rng.normal(size=(9, 2)).astype(np.float32),
+        },
+        rng.integers(0, 2, size=9),
+    )
+    loaded = ReferenceSet.from_bytes(ref.to_bytes(dtype), ["a", "b"])
+    assert loaded.features["a"].dtype == getattr(torch, dtype)
+    np.testing.assert_array_equal(loaded.labels.numpy(), ref.labels.numpy())
+    expected = ref.features["b"].to(getattr(torch, dtype)).float().numpy()
+    np.testing.assert_array_equal(loaded.features["b"].float().numpy(), expected)
+    # The same content gives the same bytes (model folders rebuild byte for byte).
+    assert ref.to_bytes(dtype) == ReferenceSet.from_bytes(ref.to_bytes(dtype), ["a", "b"]).to_bytes(
+        dtype
+    )
+
+
+def test_refusals_name_the_file_and_tensor() -> None:
+    labels = torch.tensor([0, 1, 1])
+    good = {"labels": labels, "features.h": torch.zeros(3, 2)}
+    with pytest.raises(RepositoryError, match=r"ref\.st: missing tensor 'features\.g'"):
+        ReferenceSet.from_bytes(save_safetensors(good), ["g"], source="ref.st")
+    with pytest.raises(RepositoryError, match=r"'features\.h' must be"):
+        bad = {"labels": labels, "features.h": torch.zeros(2, 2)}
+        ReferenceSet.from_bytes(save_safetensors(bad), ["h"], source="ref.st")
+    with pytest.raises(RepositoryError, match="'labels' must be"):
+        bad = {"labels": labels.float(), "features.h": torch.zeros(3, 2)}
+        ReferenceSet.from_bytes(save_safetensors(bad), ["h"], source="ref.st")
+    with pytest.raises(RepositoryError, match="sorted by label"):
+        bad = {"labels": torch.tensor([1, 0, 1]), "features.h": torch.zeros(3, 2)}
+        ReferenceSet.from_bytes(save_safetensors(bad), ["h"], source="ref.st")
+    with pytest.raises(RepositoryError, match="not a readable safetensors"):
+        ReferenceSet.from_bytes(b"\x00" * 20, ["h"], source="ref.st")

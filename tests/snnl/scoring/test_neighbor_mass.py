@@ -1,0 +1,141 @@
+"""The neighbor-mass fit (temperatures, leave-one-out mean/std) and a(x) against float64 loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from snnl.core.kernel import ReferenceKernel, class_log_mass
+from snnl.core.temperature import stratified_subsample
+from snnl.errors import InputError
+from snnl.scoring.conformal import mass_nonconformity
+from snnl.scoring.neighbor_mass import fit_neighbor_mass
+
+
+def slow_distance(a: np.ndarray, b: np.ndarray, distance: str) -> float:
+    if distance == "cosine":
+        return 1.0 - float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.sum((a - b) ** 2))
+
+
+def slow_mass(
+    q: np.ndarray, ref: np.ndarray, y: np.ndarray, c: int, t: float, distance: str, skip: int = -1
+) -> float:
+    logits = [
+        -slow_distance(q, r, distance) / t for j, r in enumerate(ref) if y[j] == c and j != skip
+    ]
+    top = max(logits)
+    return top + math.log(sum(math.exp(v - top) for v in logits) / len(logits))
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    ref = rng.normal(0.0, 3.0, (3, 4))[y] + rng.normal(0.0, 1.0, (60, 4))
+    query = rng.normal(0.0, 3.0, (7, 4))
+    return ref, y, query
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("chunk_size", [1, 7, 100])
+def test_leave_one_out_class_mass_matches_loop(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], distance: str, chunk_size: int
+) -> None:
+    ref, y, _ = data  # y is sorted: class c is rows [20 c, 20 c + 20)
+    kernel = ReferenceKernel.from_features(torch.from_numpy(ref), distance, 0.5)  # type: ignore[arg-type]
+    skip = torch.tensor([0, 21, 45, 3, 22, 59, 19])
+    got = class_log_mass(
+        kernel,
+        torch.from_numpy(ref[skip.numpy()]),
+        torch.from_numpy(y[skip.numpy()]),
+        [(0, 20), (20, 40), (40, 60)],
+        chunk_size,
+        exclude=skip,
+    )
+    for i, j in enumerate(skip.tolist()):
+        assert float(got[i]) == pytest.approx(
+            slow_mass(ref[j], ref, y, y[j], 0.5, distance, skip=j), rel=1e-10
+        )
+
+
+def test_fit_and_nonconformity_match_loops(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    ref, y, query = data
+    shuffle = np.random.default_rng(1).permutation(len(y))  # the fit sorts rows by label itself
+    features = {"a": ref, "b": ref[:, :2] * 3.0}
+    spec = fit_neighbor_mass(
+        {k: v[shuffle] for k, v in features.items()}, y[shuffle], perplexity=5.0
+    )
+    assert spec.kind == "neighbor-mass" and spec.perplexity == 5.0
+    assert [(t.layer, t.distance) for t in spec.terms] == [
+        ("a", "cosine"),
+        ("a", "euclidean"),
+        ("b", "cosine"),
+        ("b", "euclidean"),
+    ]
+    prediction = np.array([0, 1, 2, 0, 1, 2, 0])
+    log_mass = np.zeros((len(query), len(spec.terms)))
+    for k, term in enumerate(spec.terms):
+        r = features[term.layer]
+        x = query if term.layer == "a" else query[:, :2] * 3.0
+        t, g = term.temperature, term.distance
+        loo = [slow_mass(r[j], r, y, y[j], t, g, skip=j) for j in range(len(r))]
+        assert term.mean == pytest.approx(np.mean(loo), rel=1e-8)
+        assert term.std == pytest.approx(np.std(loo), rel=1e-8)
+        log_mass[:, k] = [slow_mass(x[i], r, y, prediction[i], t, g) for i in range(len(x))]
+    expected = -sum((log_mass[:, k] - t.mean) / t.std for k, t in enumerate(spec.terms))
+    np.testing.assert_allclose(mass_nonconformity(log_mass, spec), expected, rtol=1e-12)
+
+
+def test_stats_use_a_subsample_of_the_reference(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    ref, y, _ = data
+    spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0, geometries=["cosine"], max_stat_rows=9)
+    rows = stratified_subsample(y, 9, 0)
+    assert len(rows) < len(y)
+    term = spec.terms[0]
+    loo = [slow_mass(ref[j], ref, y, y[j], term.temperature, "cosine", skip=j) for j in rows]
+    assert term.mean == pytest.approx(np.mean(loo), rel=1e-8)
+
+
+def test_far_and_off_class_samples_are_less_conforming(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    ref, y, _ = data
+    spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
+    kernels = [
+        ReferenceKernel.from_features(torch.from_numpy(ref), t.distance, t.temperature)
+        for t in spec.terms
+    ]
+    rows = [(0, 20), (20, 40), (40, 60)]
+
+    def a(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        m = [class_log_mass(k, torch.from_numpy(x), torch.from_numpy(c), rows, 16) for k in kernels]
+        return mass_nonconformity(torch.stack(m, 1).numpy(), spec)
+
+    inside = a(ref[:10], y[:10])
+    scaled = a(ref[:10] * 10.0, y[:10])  # same directions, far away
+    wrong_class = a(ref[:10], (y[:10] + 1) % 3)
+    assert scaled.min() > inside.max()
+    assert wrong_class.mean() > inside.mean()
+
+
+def test_bad_inputs(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    ref, y, _ = data
+    with pytest.raises(InputError, match="perplexity"):
+        fit_neighbor_mass({"a": ref}, y, perplexity=1.0)
+    with pytest.raises(InputError, match="geometries"):
+        fit_neighbor_mass({"a": ref}, y, geometries=[])
+    with pytest.raises(InputError, match=r"features\.a"):
+        fit_neighbor_mass({"a": ref[:10]}, y)
+    with pytest.raises(InputError, match="labels"):
+        fit_neighbor_mass({"a": ref}, y.astype(float))
+    spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
+    with pytest.raises(ValueError, match="log_mass"):
+        mass_nonconformity(np.zeros((3, 1)), spec)
