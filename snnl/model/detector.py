@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +40,14 @@ from snnl.scoring.results import ScoreResult
 from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
-__all__ = ["Detector", "ForwardOutput", "ScoreResult"]
+__all__ = ["COMPUTE_DTYPES", "ComputeDtype", "Detector", "ForwardOutput", "ScoreResult"]
+
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+COMPUTE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 class Detector:
@@ -59,6 +67,7 @@ class Detector:
         device: torch.device,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         reference_path: Path | None = None,
+        compute_dtype: ComputeDtype = "float32",
     ) -> None:
         self.manifest = manifest
         self.calibration = calibration
@@ -80,6 +89,7 @@ class Detector:
             distances={name: layer.distance for name, layer in specs.items()},
             mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
             chunk_size=chunk_size,
+            compute_dtype=COMPUTE_DTYPES[compute_dtype],
         )
 
     @classmethod
@@ -91,12 +101,19 @@ class Detector:
         *,
         threads: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compute_dtype: ComputeDtype = "float32",
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
-        ``threads``: ONNX Runtime intra-op threads (None: its default). RepositoryError names a
-        missing, tampered or malformed file.
+        ``threads``: ONNX Runtime intra-op threads (None: its default). ``compute_dtype``: the
+        dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
+        queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
+        error). RepositoryError names a missing, tampered or malformed file.
         """
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(
+                f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+            )
         target = resolve_device(device)
         manifest, files = read_model_files(repository, name)
         folder = Path(repository) / name
@@ -121,6 +138,7 @@ class Detector:
             device=target,
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
+            compute_dtype=compute_dtype,
         )
 
     @property
