@@ -127,6 +127,7 @@ class LayerKernel:
         self.terms = tuple(terms)
         self.num_classes = num_classes
         self.slices = class_slices(labels, num_classes)
+        self._chunk_cache: dict[int, list[tuple[int, int, list[tuple[int, int, int]]]]] = {}
         self.size = int(rows.shape[0])
         self.dtype = dtype
         # norms, bias and scales in float32 (float64 stays float64) whatever the product's dtype
@@ -253,14 +254,8 @@ class LayerKernel:
             parts.setdefault((t, k), []).append(_logsumexp(z, self._may_underflow(t), guard))
 
         if score:
-            for start in range(0, self.size, chunk_size):
-                stop = min(start + chunk_size, self.size)
+            for start, stop, segments in self._chunks(chunk_size):
                 product = self._product(query, start, stop)
-                segments = [
-                    (k, max(a, start), min(b, stop))
-                    for k, (a, b) in enumerate(self.slices)
-                    if a < stop and b > start
-                ]
                 for t in mass_terms:
                     for k, a, b in segments:
                         rows = groups.get(k) if classes is not None else None
@@ -291,7 +286,7 @@ class LayerKernel:
         shape = (len(self.terms), batch, self.num_classes)
         sums = torch.full(shape, float("-inf"), dtype=self.exact, device=device)
         for (t, k), values in parts.items():
-            total = torch.stack(values).logsumexp(0) if len(values) > 1 else values[0]
+            total = _log_add(values, exclude is not None)
             if t > 0 and classes is not None:
                 sums[t, groups[k], k] = total
             else:
@@ -300,6 +295,22 @@ class LayerKernel:
             empty = torch.empty((batch, 0), dtype=self.exact, device=device)
             return KernelSums(sums, prepared.offsets, empty, empty.to(torch.int64))
         return KernelSums(sums, prepared.offsets, nearest.values, nearest.rows)
+
+    def _chunks(self, chunk_size: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+        """[start, stop) of each chunk of rows with its class segments (k, a, b), a <= j < b."""
+        cached = self._chunk_cache.get(chunk_size)
+        if cached is None:
+            cached = []
+            for start in range(0, self.size, chunk_size):
+                stop = min(start + chunk_size, self.size)
+                segments = [
+                    (k, max(a, start), min(b, stop))
+                    for k, (a, b) in enumerate(self.slices)
+                    if a < stop and b > start
+                ]
+                cached.append((start, stop, segments))
+            self._chunk_cache[chunk_size] = cached  # one atomic store: safe across threads
+        return cached
 
     def _may_underflow(self, t: int) -> bool:
         """Whether z - max z of term t over rows can fall below -87: not for cosine with
@@ -348,6 +359,18 @@ def _logsumexp(z: torch.Tensor, clamp: bool, guard: bool) -> torch.Tensor:
     top = z.amax(1, keepdim=True)
     shifted = z.sub_(top).clamp_min_(EXP_FLOOR) if clamp else z.sub_(top)
     return shifted.exp_().sum(1).log_().add_(top[:, 0])
+
+
+def _log_add(values: list[torch.Tensor], guard: bool) -> torch.Tensor:
+    """log sum_i exp(values_i) elementwise over a list of (B,) tensors; ``guard``: entries may be
+    -inf (torch.logsumexp, slower, handles them)."""
+    if len(values) == 1:
+        return values[0]
+    stacked = torch.stack(values)
+    if guard:
+        return stacked.logsumexp(0)
+    top = stacked.amax(0)
+    return stacked.sub_(top).exp_().sum(0).log_().add_(top)
 
 
 def _leave_out(z: torch.Tensor, columns: torch.Tensor) -> None:

@@ -55,7 +55,7 @@ import torch
 from snnl.core.distances import Distance, check_distance
 from snnl.core.kernel import LayerKernel, Term, compute_dtype_of, log_mean
 
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 4096
 
 MassTermKey = tuple[str, Distance, float]  # (layer, distance, temperature)
 
