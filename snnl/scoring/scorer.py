@@ -31,14 +31,14 @@ pass it to ``partial`` and the mass terms are summed over each query's own class
 embedding-only model the prediction is argmax_k m_k(h) of the LAST layer (``predict``), which
 needs every row. Two ways, both exact:
 
-* two rounds (``score`` for large batches): ``partial(..., predicted=None, mass=False)`` on
-  every shard, merge, ``predict``; then ``partial(..., predicted=pred, score=False)`` on every
-  shard (each class's queries against that class's rows only: about 1/C of the first round's
-  products), merge, and put its ``term_log_mass`` into the first merged partial
-  (``dataclasses.replace``) before ``finalize``;
-* one round (``score`` for small batches): ``partial(..., predicted=None)`` sums the mass terms
-  for every class (B x C each, an elementwise pass over B x N per term) and ``finalize`` picks
-  them at its prediction.
+* two rounds (``score`` for very small and for large batches): ``partial(..., predicted=None,
+  mass=False)`` on every shard, merge, ``predict``; then ``partial(..., predicted=pred,
+  score=False)`` on every shard (each class's queries against that class's rows only: about 1/C
+  of the first round's products), merge, and put its ``term_log_mass`` into the first merged
+  partial (``dataclasses.replace``) before ``finalize``;
+* one round (``score`` for batches in between): ``partial(..., predicted=None)`` sums the mass
+  terms for every class (B x C each, an elementwise pass over B x N per term) and ``finalize``
+  picks them at its prediction.
 
 Both give bit-identical mass terms on the CPU (same chunk grid, same operations per element).
 
@@ -58,11 +58,14 @@ import torch
 from snnl.core.distances import Distance, check_distance
 from snnl.core.kernel import LayerKernel, Term, compute_dtype_of, log_add, log_mean
 
-DEFAULT_CHUNK_SIZE = 4096
-# Embedding-only batches of at least this many queries per class take two rounds (the mass terms
-# at the predicted class only); smaller ones one round (every class: an elementwise pass over
-# B x N per term costs less than the second round's products, padded to 16 rows per class).
+DEFAULT_CHUNK_SIZE = 4096  # CPU: B x 4096 logits stay in the caches for small B
+GPU_CHUNK_SIZE = 1 << 18  # GPU: few, large kernels (launches, not memory, limit small batches)
+# Embedding-only batches take two rounds (the mass terms at the predicted class only) when they
+# have at least this many queries per class, or fewer than ONE_ROUND_FROM queries (a few classes:
+# few small products); in between one round (every class: an elementwise pass over B x N per
+# term costs less than a second round of products padded to 16 rows for each class).
 TWO_ROUNDS_PER_CLASS = 16
+ONE_ROUND_FROM = 4
 
 MassTermKey = tuple[str, Distance, float]  # (layer, distance, temperature)
 
@@ -331,19 +334,16 @@ class SoftNeighborScorer:
         """Scores of a batch: ``queries`` maps every layer to (B, d_l); ``predicted`` (B,) or None.
 
         Without ``predicted`` (embedding-only models), the predicted class is the argmax of the
-        soft-neighbor class probabilities in the last layer; the mass terms take one round or,
-        for batches of ``TWO_ROUNDS_PER_CLASS`` queries per class or more, two (module
-        docstring). Both give bit-identical sums, so the choice keeps a sample's scores
-        independent of its batch. ``k`` is the hard-count neighborhood,
+        soft-neighbor class probabilities in the last layer; the mass terms take one round or
+        two by batch size (``ONE_ROUND_FROM``, ``TWO_ROUNDS_PER_CLASS``; module docstring). Both
+        give bit-identical sums, so a sample's scores do not depend on its batch. ``k`` is the
+        hard-count neighborhood,
         ``neighbors`` how many nearest ids to return per layer (0: none).
         """
         top = self.top_width(k, neighbors)
         batch = len(next(iter(queries.values())))
-        if (
-            predicted is not None
-            or not self._mass
-            or batch < TWO_ROUNDS_PER_CLASS * self.num_classes
-        ):
+        one_round = ONE_ROUND_FROM <= batch < TWO_ROUNDS_PER_CLASS * self.num_classes
+        if predicted is not None or not self._mass or one_round:
             part = self.partial(queries, predicted, top=top)
             return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
         part = self.partial(queries, None, top=top, mass=False)
@@ -351,6 +351,11 @@ class SoftNeighborScorer:
         terms = self.partial(queries, predicted, top=top, score=False).term_log_mass
         part = replace(part, term_log_mass=terms)
         return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """Reference rows per product for scorers on ``device``."""
+    return GPU_CHUNK_SIZE if torch.device(device).type == "cuda" else DEFAULT_CHUNK_SIZE
 
 
 def _term(layer: str, distance: str, temperature: float) -> Term:
