@@ -32,7 +32,8 @@ from typing import Generic, TypeVar
 
 from service.errors import TooLarge, Unavailable
 from service.metrics import ServiceMetrics
-from service.worker import BatchRunner, Part, R, Samples, ScoreFn, num_rows, slice_rows
+from service.worker import BatchRunner, Part, R, ScoreFn
+from snnl.scoring.batch import Samples, num_rows, slice_rows
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from snnl.core.distances import Distance
 from snnl.errors import InputError, SnnlError
 from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.repository import Manifest
+from snnl.model.manifest import Manifest
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.taps import LayerTaps
 from snnl.scoring.temperature_rule import DEFAULT_RULE

@@ -28,7 +28,9 @@ from snnl.errors import InputError
 from snnl.evaluation.baselines import BaselineDetector, default_baselines
 from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_embeddings
 from snnl.evaluation.ood_metrics import OODMetrics, ood_metrics
+from snnl.scoring.batch import Samples
 from snnl.scoring.conformal import nonconformity as neg_log_score
+from snnl.scoring.results import ScoreResult
 
 if TYPE_CHECKING:
     from snnl.model.detector import Detector
@@ -96,37 +98,30 @@ class Evaluation:
 
 
 def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ModelOutputs:
-    """Run ``det`` over x in batches: logits and served-layer features, and its scores.
+    """Run ``det`` over x in batches: its scores with the logits and served-layer features of
+    the same forward pass.
 
     For an embedding-only model x must be (N, d) embeddings of its single served layer.
     """
-    logits: list[np.ndarray] = []
-    features: dict[str, list[np.ndarray]] = {layer: [] for layer in det.layers}
-    results = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        if det.input_shape is None:
-            if len(det.layers) != 1:
-                raise InputError(
-                    f"x: an embedding-only model with layers {list(det.layers)} needs one "
-                    "embedding per layer; evaluate supports single-layer models"
-                )
-            embeddings = {det.layers[0]: chunk.reshape(len(chunk), -1)}
-            results.append(det.score_embeddings(embeddings))
-            features[det.layers[0]].append(embeddings[det.layers[0]])
-            continue
-        out = det.forward(chunk)
-        logits.append(out.logits)
-        for layer in det.layers:
-            features[layer].append(out.features[layer])
-        results.append(det.score(chunk))
+    samples: Samples = x
+    if det.input_shape is None:
+        if len(det.layers) != 1:
+            raise InputError(
+                f"x: an embedding-only model with layers {list(det.layers)} needs one "
+                "embedding per layer; evaluate supports single-layer models"
+            )
+        samples = {det.layers[0]: x.reshape(len(x), -1)}
+    result = ScoreResult.concatenate(
+        list(det.score_in_batches(samples, batch_size, with_features=True))
+    )
+    assert result.features is not None  # asked for with_features
     return ModelOutputs(
-        logits=np.concatenate(logits) if logits else None,
-        features={layer: np.concatenate(parts) for layer, parts in features.items()},
-        prediction=np.concatenate([r.prediction for r in results]),
-        soft_neighbor_score=np.concatenate([r.soft_neighbor_score for r in results]),
-        nonconformity=np.concatenate([r.nonconformity for r in results]),
-        outlier=np.concatenate([r.outlier for r in results]),
+        logits=result.logits,
+        features=result.features,
+        prediction=result.prediction,
+        soft_neighbor_score=result.soft_neighbor_score,
+        nonconformity=result.nonconformity,
+        outlier=result.outlier,
     )
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from snnl.errors import RepositoryError
-from snnl.model.repository import NeighborMass
+from snnl.scoring.nonconformity import NeighborMass
 
 SCORE_FLOOR = 1e-12
 _LOG_FLOOR = math.log(SCORE_FLOOR)

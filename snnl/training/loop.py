@@ -43,7 +43,7 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "load_run",
-    "prepare",
+    "prepare_run",
     "train",
 ]
 
@@ -118,7 +118,7 @@ def plot_entanglement(history: list[EpochRecord], path: str | Path) -> None:
     fig.savefig(Path(path))
 
 
-def prepare(settings: TrainSettings) -> Run:
+def prepare_run(settings: TrainSettings) -> Run:
     """The untrained run: data loaded and split (seeded, stratified), the net built from the
     seed with its standardization fitted on the training split, and the full config."""
     dataset = load_dataset(settings.dataset, settings.classes)
@@ -157,9 +157,9 @@ def train(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
-    """Train from settings (or a run from :func:`prepare`); write the run directory to ``out``
+    """Train from settings (or a run from :func:`prepare_run`); write the run directory to ``out``
     if given. The returned run's net is in eval mode."""
-    run = start if isinstance(start, Run) else prepare(start)
+    run = start if isinstance(start, Run) else prepare_run(start)
     settings, net, split = run.config, run.net, run.split
     layers: tuple[str, ...] = tuple(settings.hidden_layers)
     snnl_layers: tuple[str, ...] = tuple(settings.snnl_layers or layers)

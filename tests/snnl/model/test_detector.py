@@ -18,7 +18,8 @@ from snnl.build.from_embeddings import index_embeddings
 from snnl.build.from_run import export_run
 from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
-from snnl.model.repository import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE, sha256
+from snnl.model.manifest import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE
+from snnl.model.store import sha256
 from snnl.scoring.conformal import Calibration, expected_flag_rate, flag
 from snnl.scoring.results import ScoreResult
 from snnl.training.loop import load_run
