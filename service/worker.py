@@ -69,12 +69,15 @@ class BatchRunner(Generic[R]):
             groups.setdefault(part.key, []).append(index)
         outcomes: list[R | BaseException] = [BatchError("not run")] * len(batch)
         for (alpha, neighbors), members in groups.items():
-            parts = self._score_group([batch[i] for i in members], alpha, neighbors)
-            if isinstance(parts, BaseException) and len(members) > 1:
+            merged = self._score_group([batch[i] for i in members], alpha, neighbors)
+            parts: Sequence[R | BaseException]
+            if isinstance(merged, BaseException) and len(members) > 1:
                 alone = [self._score_group([batch[i]], alpha, neighbors) for i in members]
                 parts = [p if isinstance(p, BaseException) else p[0] for p in alone]
-            elif isinstance(parts, BaseException):
-                parts = [parts]
+            elif isinstance(merged, BaseException):
+                parts = [merged]
+            else:
+                parts = merged
             for i, outcome in zip(members, parts, strict=True):
                 outcomes[i] = outcome
         return outcomes

@@ -65,7 +65,7 @@ def export_onnx(net: nn.Module, layers: Sequence[str], input_shape: Sequence[int
         torch.onnx.export(
             wrapper,
             (torch.zeros(2, *input_shape),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the exporter also writes to a binary file object
             input_names=["input"],
             output_names=names[1:],
             dynamic_axes={name: {0: "batch"} for name in names},

@@ -61,14 +61,11 @@ class ScoreResult:
         features = None
         if self.features is not None:
             features = {layer: values[index] for layer, values in self.features.items()}
-        return replace(
-            self,
-            features=features,
-            **{
-                name: None if getattr(self, name) is None else getattr(self, name)[index]
-                for name in _PER_SAMPLE
-            },
-        )
+        rows: dict[str, Any] = {
+            name: None if getattr(self, name) is None else getattr(self, name)[index]
+            for name in _PER_SAMPLE
+        }
+        return replace(self, features=features, **rows)
 
     @classmethod
     def concatenate(cls, results: Sequence[ScoreResult]) -> ScoreResult:

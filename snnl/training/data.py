@@ -123,8 +123,9 @@ def load_dataset(data: str, classes: Sequence[int] | None = None) -> Dataset:
     elif data == "mnist1d":
         x, y = _mnist1d()
     elif data.endswith(".npz") or Path(data).exists():
-        x, y = read_npz(data)
-        assert y is not None
+        x, labels = read_npz(data)
+        assert labels is not None  # read_npz requires labels by default
+        y = labels
     else:
         raise InputError(
             f"--data must be one of {', '.join(BUILTIN_DATASETS)} or a .npz file, got {data!r}"

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -182,13 +183,11 @@ def train(
         temperature=settings.temperature,
         distance=settings.distance,
     ) as criterion:
-        optimizer = torch.optim.Adam(
-            [
-                {"params": list(net.parameters())},
-                {"params": criterion.temperature_parameters(), "lr": TEMPERATURE_LR},
-            ],
-            lr=settings.lr,
-        )
+        groups: list[dict[str, Any]] = [
+            {"params": list(net.parameters())},
+            {"params": criterion.temperature_parameters(), "lr": TEMPERATURE_LR},
+        ]
+        optimizer = torch.optim.Adam(groups, lr=settings.lr)
         for epoch in range(settings.epochs):
             criterion.set_epoch(epoch)
             net.train()

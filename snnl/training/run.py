@@ -22,7 +22,7 @@ from torch import nn
 
 from snnl.errors import InputError
 from snnl.training.data import Split
-from snnl.training.nets import build_net
+from snnl.training.nets import Net, build_net
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -103,7 +103,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise InputError(f"{path}: invalid run config ({'; '.join(first[:3])})") from err
 
 
-def build_run_net(config: RunConfig) -> nn.Module:
+def build_run_net(config: RunConfig) -> Net:
     """The (untrained) net that ``config`` describes."""
     return build_net(config.arch, config.input_shape, config.num_classes, **config.net_kwargs)
 
