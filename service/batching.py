@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 from service.errors import TooLarge, Unavailable

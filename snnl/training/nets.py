@@ -147,9 +147,7 @@ class CNN1d(Net):
         return self.head(self.fc1(h.flatten(1)))
 
 
-def build_net(
-    arch: str, input_shape: Sequence[int], num_classes: int, **net_kwargs: Any
-) -> Net:
+def build_net(arch: str, input_shape: Sequence[int], num_classes: int, **net_kwargs: Any) -> Net:
     """The net ``arch`` ("mlp" | "cnn1d") for inputs (B, *input_shape) and ``num_classes`` logits.
 
     ``net_kwargs`` (JSON-compatible, stored in a run's config.json) go to the constructor:
