@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §6, all on one registry per app (tests stay isolated).
+"""The Prometheus metrics of the service (docs/service.md), all on one registry per app (tests stay isolated).
 
 Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
 model repository (model, layer, version), the fixed route names and HTTP status codes: no

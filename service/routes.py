@@ -1,4 +1,4 @@
-"""The endpoints of SPEC §5, thin: check, parse, submit to the model's batcher, shape the answer."""
+"""The HTTP endpoints, thin: check, parse, submit to the model's batcher, shape the answer."""
 
 from __future__ import annotations
 

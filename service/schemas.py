@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (SPEC §5), with OpenAPI examples that are a real
+"""Request and response bodies of the HTTP API (docs/service.md), with OpenAPI examples that are a real
 request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class CalibrationSummary(BaseModel):
 
 
 class ModelDetail(BaseModel):
-    """One model: its manifest (SPEC §3) and calibration summary."""
+    """One model: its manifest and calibration summary."""
 
     manifest: dict[str, Any]
     calibration: CalibrationSummary

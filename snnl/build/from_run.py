@@ -1,4 +1,4 @@
-"""``snnl export``: a training run -> a model folder of the repository (SPEC §3).
+"""``snnl export``: a training run -> a model folder of the repository.
 
 model.onnx takes raw samples ``input`` (B, *input_shape) float32 (the standardization is the
 net's first module, so it is inside the graph) and returns ``logits`` and one output per served
@@ -8,7 +8,7 @@ must satisfy |onnx - torch| <= 1e-5 + 1e-5 |torch| (absolute near zero, relative
 values: float32 rounding of logits of size ~10 differs by ~1e-5 between the two runtimes). The
 reference set is the training split's activations, the calibration set the run's calibration
 split (or a stratified re-split of its calibration + test pool). The nonconformity a(x) is
-``neighbor-mass`` by default (snnl.scoring.neighbor_mass) or SPEC §2's ``neg-log-score``.
+``neighbor-mass`` by default (snnl.scoring.neighbor_mass) or ``neg-log-score`` (sum_l -log s_l).
 """
 
 from __future__ import annotations

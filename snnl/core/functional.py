@@ -1,4 +1,4 @@
-"""The math of SPEC §2 as pure functions on tensors, always in log space.
+"""The math of the soft nearest neighbor loss (docs/method.md) as pure functions on tensors, always in log space.
 
 Batch SNNL (Salakhutdinov & Hinton 2007; Frosst, Papernot & Hinton 2019), for rows (h_i, y_i):
 
@@ -103,7 +103,7 @@ def soft_nearest_neighbor_loss(
     distance: Distance = "cosine",
     eps: float = 0.0,
 ) -> torch.Tensor:
-    """The batch SNNL of SPEC §2: a 0-dim tensor, differentiable in ``x`` and ``temperature``.
+    """The batch SNNL: a 0-dim tensor, differentiable in ``x`` and ``temperature``.
 
     ``eps > 0`` bounds each row's term as -log(eps + p_i) <= -log(eps) (Frosst et al.'s
     original code used eps = 1e-5, a cap of about 11.5). Maximizing the unbounded SNNL

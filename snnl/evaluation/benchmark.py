@@ -8,7 +8,7 @@ detector gives a score per sample, higher = more in-distribution:
   without its ties);
 * ``msp``, ``energy``: from the logits; ``mahalanobis``, ``knn``: from the penultimate layer
   (the manifest's last layer), fitted on the model's reference set (``snnl.evaluation.baselines``);
-* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), SPEC §2's starting point
+* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), the ratio score's nonconformity
   (the fraction of soft-neighbor mass in the predicted class), for comparison.
 
 Per OOD set and detector: AUROC, FPR at 95% TPR and AUPR with ID positive
@@ -77,7 +77,7 @@ class Evaluation:
         return {layer.name: layer.entanglement for layer in self.layers.layers}
 
     def to_json(self) -> dict[str, Any]:
-        """report.json: SPEC §4 keys (accuracy, flag_false_positive_rate, entanglement, ood)
+        """report.json: the report keys (accuracy, flag_false_positive_rate, entanglement, ood)
         plus model, version, alpha, nonconformity, sizes and the per-layer evaluation."""
         return {
             "model": self.model,

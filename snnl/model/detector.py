@@ -209,8 +209,7 @@ class Detector:
 
     def nonconformity(self, scores: BatchScores) -> np.ndarray:
         """a (B,) of the manifest's kind: the neighbor-mass sum (snnl.scoring.neighbor_mass) or
-        SPEC §2's
-        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal)."""
+        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal); see docs/method.md."""
         spec = self.manifest.nonconformity
         if isinstance(spec, NeighborMass):
             return mass_nonconformity(scores.log_mass, spec)

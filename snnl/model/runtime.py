@@ -1,7 +1,7 @@
 """Inference backends: the device choice, and an ONNX Runtime session for a served model.
 
 The ONNX model has input ``input`` (B, *input_shape) float32 and outputs ``logits`` (B, C) and one
-(B, d_l) output per served layer (SPEC §3). On ``cuda`` the session uses ONNX Runtime's
+(B, d_l) output per served layer (the model folder contract, docs/method.md). On ``cuda`` the session uses ONNX Runtime's
 CUDAExecutionProvider when it can, else the CPUExecutionProvider.
 """
 

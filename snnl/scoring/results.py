@@ -25,7 +25,7 @@ _PER_SAMPLE = (
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Scores of B samples over the L served ``layers`` (SPEC §2, §4).
+    """Scores of B samples over the L served ``layers`` (docs/method.md).
 
     prediction (B,) int64; confidence, nonconformity, p_value (B,) float64; outlier (B,) bool;
     soft_neighbor_score, layer_p_value (B, L) float64; same_class_neighbors (B, L) int64;
@@ -101,7 +101,7 @@ class ScoreResult:
         return replace(first, timings=timings, features=features, **arrays)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per sample, the SPEC §5 "results" item (plain Python types, JSON-ready)."""
+        """One dict per sample, the HTTP API's "results" item (plain Python types, JSON-ready)."""
         records = []
         for i in range(len(self)):
             layers = []

@@ -1,4 +1,4 @@
-"""Datasets (``digits``, ``mnist1d``, ``.npz`` files of SPEC §3) and the seeded splits.
+"""Datasets (``digits``, ``mnist1d``, ``.npz`` files with ``x`` and ``y``) and the seeded splits.
 
 Samples are float32 (N, *input_shape); labels are remapped to 0..C-1 (sorted original ids), and
 ``class_names`` keeps the original ids as strings. The split is stratified and seeded:
@@ -78,7 +78,7 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 def read_npz(
     path: str | Path, *, require_labels: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` (N, *shape) float32 and ``y`` (N,) int64 from a SPEC §3 ``.npz`` file.
+    """``x`` (N, *shape) float32 and ``y`` (N,) int64 from an ``.npz`` file.
 
     ``x`` must be a floating array (cast to float32) with only finite values, ``y`` an integer
     array of the same length. Raises InputError naming the file and the offending key.

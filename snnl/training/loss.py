@@ -1,4 +1,4 @@
-"""``SNNLoss``: cross-entropy plus a factor times the SNNL of chosen hidden layers (SPEC §2).
+"""``SNNLoss``: cross-entropy plus a factor times the SNNL of chosen hidden layers (docs/method.md).
 
     total = CE(logits, y) + factor * sum_l SNNL_l(h_l, T_l)
 
