@@ -1,4 +1,4 @@
-"""The Prometheus metrics of the service (docs/service.md), all on one registry per app (tests stay isolated).
+"""The service's Prometheus metrics (docs/service.md), on one registry per app (tests isolated).
 
 Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
 model repository (model, layer, version), the fixed route names and HTTP status codes: no

@@ -1,5 +1,5 @@
-"""Request and response bodies of the HTTP API (docs/service.md), with OpenAPI examples that are a real
-request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
+"""Request and response bodies of the HTTP API (docs/service.md), with OpenAPI examples that
+are a real request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The math of the soft nearest neighbor loss (docs/method.md) as pure functions on tensors, always in log space.
+"""The soft nearest neighbor loss (docs/method.md) as pure functions on tensors, in log space.
 
 Batch SNNL (Salakhutdinov & Hinton 2007; Frosst, Papernot & Hinton 2019), for rows (h_i, y_i):
 

@@ -1,4 +1,5 @@
-"""Embedding evaluation (docs/method.md): how entangled each layer's representation of a labeled set is.
+"""Embedding evaluation (docs/method.md): how entangled each layer's representation of a
+labeled set is.
 
 Per layer, on a labeled set of N rows (h_i, y_i):
 
