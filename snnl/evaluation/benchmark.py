@@ -42,20 +42,6 @@ BATCH_SIZE = 512
 
 
 @dataclass
-class ModelOutputs:
-    """Everything the detectors need about one set: logits (B, C) or None for an
-    embedding-only model, features {layer: (B, d)}, the soft-neighbor scores s_l (B, L),
-    the served nonconformity and flags."""
-
-    logits: np.ndarray | None
-    features: dict[str, np.ndarray]
-    prediction: np.ndarray
-    soft_neighbor_score: np.ndarray
-    nonconformity: np.ndarray
-    outlier: np.ndarray
-
-
-@dataclass
 class Evaluation:
     """The result: report figures and, for plots, every detector's scores per set."""
 
@@ -97,9 +83,9 @@ class Evaluation:
         }
 
 
-def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ModelOutputs:
-    """Run ``det`` over x in batches: its scores with the logits and served-layer features of
-    the same forward pass.
+def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ScoreResult:
+    """Run ``det`` over x in batches: its scores with the logits (None for an embedding-only
+    model) and served-layer features {layer: (N, d)} of the same forward pass.
 
     For an embedding-only model x must be (N, d) embeddings of its single served layer.
     """
@@ -111,17 +97,8 @@ def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) ->
                 "embedding per layer; evaluate supports single-layer models"
             )
         samples = {det.layers[0]: x.reshape(len(x), -1)}
-    result = ScoreResult.concatenate(
+    return ScoreResult.concatenate(
         list(det.score_in_batches(samples, batch_size, with_features=True))
-    )
-    assert result.features is not None  # asked for with_features
-    return ModelOutputs(
-        logits=result.logits,
-        features=result.features,
-        prediction=result.prediction,
-        soft_neighbor_score=result.soft_neighbor_score,
-        nonconformity=result.nonconformity,
-        outlier=result.outlier,
     )
 
 
@@ -143,9 +120,10 @@ def fit_baselines(
 
 
 def detector_scores(
-    outputs: ModelOutputs, baselines: list[BaselineDetector], penultimate: str
+    outputs: ScoreResult, baselines: list[BaselineDetector], penultimate: str
 ) -> dict[str, np.ndarray]:
-    """{detector: ID scores (B,)}, higher = more in-distribution."""
+    """{detector: scores (B,)} of a ``model_outputs`` result, higher = more in-distribution."""
+    assert outputs.features is not None  # model_outputs asks for them
     scores = {SOFT_NEIGHBOR: -outputs.nonconformity.astype(np.float64)}
     logits = outputs.logits
     if logits is None:
@@ -198,6 +176,7 @@ def evaluate(
         ood[stem] = {
             name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores
         }
+    assert id_out.features is not None  # model_outputs asks for them
     layers = evaluate_embeddings(
         id_out.features,
         id_y,
