@@ -74,6 +74,27 @@ class Settings(BaseSettings):
         description="Full-size scoring calls per model before /readyz turns 200.",
     )
 
+    gzip_min_bytes: int = Field(
+        1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="Responses of at least this many bytes are gzip-compressed for clients that "
+        "send 'Accept-Encoding: gzip'.",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated origins browsers may call the API from ('*': any); "
+        "empty (default): no CORS headers.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """``"https://a,https://b"`` -> ``("https://a", "https://b")``."""
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

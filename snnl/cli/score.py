@@ -1,21 +1,24 @@
 """``snnl score``: score the samples of an .npz file, one JSON object per sample.
 
     snnl score --repository models --model digits-mlp FILE.npz [--out FILE.jsonl]
+    snnl score --url http://127.0.0.1:8000 --model digits-mlp FILE.npz
 
 FILE.npz holds ``x`` (N, *input_shape). For an embedding-only model ``x`` holds the embeddings
 (N, d) of its single layer, or, with several layers, one key per layer name. Each output line is
-the HTTP API's result object (SPEC §5); a summary goes to stderr.
+the HTTP API's result object; a summary goes to stderr. With ``--url`` a running service scores
+(``snnl.client``, the API key from ``SNNL_API_KEY``) instead of a local model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -24,6 +27,9 @@ from snnl.model.detector import Detector
 from snnl.model.runtime import DEVICES
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+
+if TYPE_CHECKING:
+    from snnl.client import Client
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("data", type=Path, metavar="FILE.npz", help="x (N, *input_shape)")
-    parser.add_argument("--repository", type=Path, required=True, help="the model repository")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repository", type=Path, help="the model repository")
+    where.add_argument(
+        "--url", help="score with the service at URL instead (API key: $SNNL_API_KEY)"
+    )
     parser.add_argument("--model", required=True, help="model name")
     parser.add_argument("--out", type=Path, help="write JSON lines here (default stdout)")
     parser.add_argument("--alpha", type=float, help="flag level (default: the model's)")
@@ -44,7 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
+def _read(
+    path: Path, input_shape: tuple[int, ...] | None, layer_dims: Mapping[str, int]
+) -> np.ndarray | dict[str, np.ndarray]:
     """The validated samples, or for an embedding-only model {layer: (N, d)}, from ``path``.
 
     The whole file is checked before anything is scored: an error names the sample's row in the
@@ -64,67 +76,118 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
         raise InputError(
             f"{path}: not a readable .npz file without pickled objects ({err})"
         ) from err
-    if detector.input_shape is not None or len(detector.layers) == 1:
+    layers = list(layer_dims)
+    if input_shape is not None or len(layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
-        embeddings = {detector.layers[0]: arrays["x"]}
+        embeddings = {layers[0]: arrays["x"]}
     else:
-        missing = [layer for layer in detector.layers if layer not in arrays]
+        missing = [layer for layer in layers if layer not in arrays]
         if missing:
             raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
-        embeddings = {layer: arrays[layer] for layer in detector.layers}
+        embeddings = {layer: arrays[layer] for layer in layers}
     try:
-        if detector.input_shape is not None:
-            return check_inputs(arrays["x"], detector.input_shape)
-        return check_embeddings(embeddings, {s.name: s.dim for s in detector.manifest.layers})
+        if input_shape is not None:
+            return check_inputs(arrays["x"], input_shape)
+        return check_embeddings(embeddings, layer_dims)
     except InputError as err:
         raise InputError(f"{path}: {err}") from err
 
 
-def _batches(
-    detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
-) -> Iterator[ScoreResult]:
+Records = list[dict[str, Any]]
+
+
+def _chunks(
+    data: np.ndarray | dict[str, np.ndarray], batch_size: int
+) -> Iterator[np.ndarray | dict[str, np.ndarray]]:
     first = data if isinstance(data, np.ndarray) else next(iter(data.values()))
-    for start in range(0, len(first), args.batch_size):
-        stop = start + args.batch_size
+    for start in range(0, len(first), batch_size):
+        stop = start + batch_size
         if isinstance(data, np.ndarray):
-            yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
+            yield data[start:stop]
         else:
-            rows = {layer: x[start:stop] for layer, x in data.items()}
-            yield detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
+            yield {layer: x[start:stop] for layer, x in data.items()}
 
 
-def _write(results: Iterator[ScoreResult], out: TextIO) -> tuple[int, int, float]:
+def _local(
+    detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
+) -> Iterator[Records]:
+    for rows in _chunks(data, args.batch_size):
+        result: ScoreResult
+        if isinstance(rows, np.ndarray):
+            result = detector.score(rows, alpha=args.alpha, neighbors=args.neighbors)
+        else:
+            result = detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
+        yield result.to_records()
+
+
+def _remote(
+    client: Client, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
+) -> Iterator[Records]:
+    for rows in _chunks(data, args.batch_size):
+        given = {"inputs": rows} if isinstance(rows, np.ndarray) else {"embeddings": rows}
+        yield [
+            dict(record)
+            for record in client.score(
+                args.model, alpha=args.alpha, neighbors=args.neighbors, **given
+            )
+        ]
+
+
+def _write(batches: Iterator[Records], out: TextIO) -> tuple[int, int]:
     count = outliers = 0
-    alpha = float("nan")
-    for result in results:
-        for record in result.to_records():
+    for records in batches:
+        for record in records:
             out.write(json.dumps(record) + "\n")
-        count += len(result)
-        outliers += int(result.outlier.sum())
-        alpha = result.alpha
-    return count, outliers, alpha
+        count += len(records)
+        outliers += sum(bool(record["outlier"]) for record in records)
+    return count, outliers
+
+
+def _output(args: argparse.Namespace, batches: Iterator[Records]) -> tuple[int, int]:
+    try:
+        if args.out is None:
+            return _write(batches, sys.stdout)
+        with args.out.open("w") as out:
+            return _write(batches, out)
+    except InputError as err:
+        raise InputError(f"{args.data}: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score the file and write JSON lines."""
+    """Score the file (locally, or with the service at ``--url``) and write JSON lines."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.url is not None:
+        return _run_remote(args)
     detector = Detector.load(args.repository, args.model, device=args.device)
-    check_alpha(args.alpha, detector.manifest.alpha)
+    alpha = check_alpha(args.alpha, detector.manifest.alpha)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
-    data = _read(args.data, detector)
-    try:
-        if args.out is None:
-            count, outliers, alpha = _write(_batches(detector, data, args), sys.stdout)
-        else:
-            with args.out.open("w") as out:
-                count, outliers, alpha = _write(_batches(detector, data, args), out)
-    except InputError as err:
-        raise InputError(f"{args.data}: {err}") from err
+    dims = {s.name: s.dim for s in detector.manifest.layers}
+    data = _read(args.data, detector.input_shape, dims)
+    count, outliers = _output(args, _local(detector, data, args))
+    _summary(count, outliers, detector.name, detector.version, alpha)
+    return 0
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    from snnl.client import Client  # httpx only when a service scores
+
+    with Client(args.url, api_key=os.environ.get("SNNL_API_KEY")) as client:
+        info = next((m for m in client.models() if m["name"] == args.model), None)
+        if info is None:
+            raise InputError(f"--model: {args.model!r} is not served at {args.url}")
+        shape = None if info["input_shape"] is None else tuple(info["input_shape"])
+        data = _read(args.data, shape, {layer["name"]: layer["dim"] for layer in info["layers"]})
+        count, outliers = _output(args, _remote(client, data, args))
+    alpha = info["alpha"] if args.alpha is None else args.alpha
+    _summary(count, outliers, info["name"], info["version"], alpha)
+    return 0
+
+
+def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -> None:
     print(
-        f"scored {count} samples with {detector.name} version {detector.version}: "
+        f"scored {count} samples with {name} version {version}: "
         f"{outliers} outliers at alpha {alpha:g}",
         file=sys.stderr,
     )
-    return 0
