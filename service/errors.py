@@ -9,6 +9,8 @@ cause goes to the log, not to the client).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,7 +82,7 @@ V2_PREFIX = "/v2"
 
 
 def error_response(
-    path: str, detail: str, status: int, headers: dict[str, str] | None = None
+    path: str, detail: str, status: int, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """``{"error": detail}`` under ``/v2`` (as v2 clients expect), else ``{"detail": detail}``."""
     key = "error" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "detail"

@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,8 +78,8 @@ class InferParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float | None = ScoreRequest.model_fields["alpha"]
-    neighbors: int = ScoreRequest.model_fields["neighbors"]
+    alpha: Annotated[float | None, ScoreRequest.model_fields["alpha"]]
+    neighbors: Annotated[int, ScoreRequest.model_fields["neighbors"]]
     binary_data_output: bool = Field(
         False, description="Return every output as binary data (binary tensor extension)."
     )
@@ -91,7 +91,7 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
-    parameters: InferParameters = Field(default_factory=InferParameters)
+    parameters: InferParameters = Field(default_factory=lambda: InferParameters.model_validate({}))
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 

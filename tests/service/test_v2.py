@@ -220,3 +220,18 @@ def test_gzip_bomb_is_refused_before_it_inflates(server: Server) -> None:
     assert response.status_code == 413 and "inflates to more than" in response.json()["error"]
     brotli = v2_post(server, "/v1/models/digits-mlp/score", b"x", **{"Content-Encoding": "br"})
     assert brotli.status_code == 415 and "Content-Encoding" in brotli.json()["detail"]
+
+
+def test_v1_takes_gzip_json_and_answers_gzip_from_the_minimum_size(
+    server: Server, samples: np.ndarray
+) -> None:
+    body = json.dumps({"inputs": samples.tolist()}).encode()
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    with server.client(headers={**HEADERS, "Accept-Encoding": "gzip"}) as http:
+        zipped = http.post(
+            "/v1/models/digits-mlp/score", content=gzip.compress(body), headers=headers
+        )
+        small = http.get("/healthz")
+    assert zipped.status_code == 200 and zipped.headers["content-encoding"] == "gzip"
+    assert zipped.json()["results"] == v1_scores(server, "digits-mlp", json.loads(body))
+    assert "content-encoding" not in small.headers  # below SNNL_GZIP_MIN_BYTES
