@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.errors import InvalidInput, MalformedRequest
+from service.errors import InvalidInput, MalformedRequest, UnknownModel
 from service.payload import npy_batch
 from service.routes import State, require_api_key
 from service.security import read_body
@@ -164,6 +164,42 @@ async def infer(model: str, request: Request, state: State) -> Response:
         media_type=BINARY_MEDIA_TYPE,
         headers={"Inference-Header-Content-Length": str(header_length)},
     )
+
+
+@v2.get("/models/{model}/versions/{version}", name="v2_model_version", include_in_schema=False)
+async def version_metadata(model: str, version: str, state: State) -> dict[str, Any]:
+    """``GET /v2/models/{model}`` for the served version only."""
+    _check_version(state.served(model), version)
+    return await model_metadata(model, state)
+
+
+@v2.get(
+    "/models/{model}/versions/{version}/ready",
+    name="v2_model_version_ready",
+    include_in_schema=False,
+)
+async def version_ready(model: str, version: str, state: State) -> dict[str, Any]:
+    """``GET /v2/models/{model}/ready`` for the served version only."""
+    _check_version(state.served(model), version)
+    return await model_ready(model, state)
+
+
+@v2.post(
+    "/models/{model}/versions/{version}/infer", name="v2_infer_version", include_in_schema=False
+)
+async def version_infer(model: str, version: str, request: Request, state: State) -> Response:
+    """``POST /v2/models/{model}/infer`` for the served version only."""
+    _check_version(state.served(model), version)
+    return await infer(model, request, state)
+
+
+def _check_version(served: ServedModel, version: str) -> None:
+    """404 unless ``version`` is the one served (a repository holds one version a model)."""
+    if version != served.version:
+        raise UnknownModel(
+            f"model {served.info.name!r}: version {version!r} is not served "
+            f"(versions: {served.version})"
+        )
 
 
 def _samples(tensors: dict[str, np.ndarray], served: ServedModel) -> Samples:

@@ -199,6 +199,22 @@ def test_binary_sizes_must_account_for_the_body(server: Server) -> None:
     assert short.status_code == 400 and "runs past the body" in short.json()["error"]
 
 
+def test_the_served_version_answers_under_its_version_path(
+    client: triton.InferenceServerClient, samples: np.ndarray
+) -> None:
+    version = client.get_model_metadata("digits-mlp", headers=auth())["versions"][0]
+    assert client.is_model_ready("digits-mlp", model_version=version, headers=auth())
+    assert not client.is_model_ready("digits-mlp", model_version=version + "0", headers=auth())
+    meta = client.get_model_metadata("digits-mlp", model_version=version, headers=auth())
+    assert meta["name"] == "digits-mlp"
+    tensor = triton.InferInput("inputs", list(samples.shape), "FP32")
+    tensor.set_data_from_numpy(samples)
+    scored = client.infer("digits-mlp", [tensor], model_version=version, headers=auth())
+    assert scored.as_numpy("p_value").shape == (len(samples),)
+    with pytest.raises(InferenceServerException, match="is not served"):
+        client.infer("digits-mlp", [tensor], model_version=version + "0", headers=auth())
+
+
 def test_unknown_model_unknown_path_and_missing_key(
     client: triton.InferenceServerClient, server: Server
 ) -> None:
