@@ -27,8 +27,8 @@ from service.v2_tensors import (
     decode_request,
     encode_response,
 )
-from service.worker import Samples, num_rows
 from snnl import __version__
+from snnl.scoring.batch import Samples, num_rows
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.validation import check_embeddings, check_neighbors
 

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -25,11 +25,13 @@ import numpy as np
 from snnl.errors import InputError
 from snnl.model.detector import Detector
 from snnl.model.runtime import DEVICES
-from snnl.scoring.results import ScoreResult
+from snnl.scoring.batch import Samples, row_chunks
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
 if TYPE_CHECKING:
     from snnl.client import Client
+
+Records = list[dict[str, Any]]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,13 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(
-    path: Path, input_shape: tuple[int, ...] | None, layer_dims: Mapping[str, int]
+    path: Path, input_shape: tuple[int, ...] | None, layers: Sequence[str]
 ) -> np.ndarray | dict[str, np.ndarray]:
-    """The validated samples, or for an embedding-only model {layer: (N, d)}, from ``path``.
-
-    The whole file is checked before anything is scored: an error names the sample's row in the
-    file and no partial output is written.
-    """
+    """The samples, or for an embedding-only model {layer: (N, d)}, from ``path``."""
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
@@ -76,7 +74,6 @@ def _read(
         raise InputError(
             f"{path}: not a readable .npz file without pickled objects ({err})"
         ) from err
-    layers = list(layer_dims)
     if input_shape is not None or len(layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
@@ -86,52 +83,7 @@ def _read(
         if missing:
             raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
         embeddings = {layer: arrays[layer] for layer in layers}
-    try:
-        if input_shape is not None:
-            return check_inputs(arrays["x"], input_shape)
-        return check_embeddings(embeddings, layer_dims)
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from err
-
-
-Records = list[dict[str, Any]]
-
-
-def _chunks(
-    data: np.ndarray | dict[str, np.ndarray], batch_size: int
-) -> Iterator[np.ndarray | dict[str, np.ndarray]]:
-    first = data if isinstance(data, np.ndarray) else next(iter(data.values()))
-    for start in range(0, len(first), batch_size):
-        stop = start + batch_size
-        if isinstance(data, np.ndarray):
-            yield data[start:stop]
-        else:
-            yield {layer: x[start:stop] for layer, x in data.items()}
-
-
-def _local(
-    detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
-) -> Iterator[Records]:
-    for rows in _chunks(data, args.batch_size):
-        result: ScoreResult
-        if isinstance(rows, np.ndarray):
-            result = detector.score(rows, alpha=args.alpha, neighbors=args.neighbors)
-        else:
-            result = detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
-        yield result.to_records()
-
-
-def _remote(
-    client: Client, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
-) -> Iterator[Records]:
-    for rows in _chunks(data, args.batch_size):
-        given = {"inputs": rows} if isinstance(rows, np.ndarray) else {"embeddings": rows}
-        yield [
-            dict(record)
-            for record in client.score(
-                args.model, alpha=args.alpha, neighbors=args.neighbors, **given
-            )
-        ]
+    return arrays["x"] if input_shape is not None else embeddings
 
 
 def _write(batches: Iterator[Records], out: TextIO) -> tuple[int, int]:
@@ -145,13 +97,27 @@ def _write(batches: Iterator[Records], out: TextIO) -> tuple[int, int]:
 
 
 def _output(args: argparse.Namespace, batches: Iterator[Records]) -> tuple[int, int]:
-    try:
-        if args.out is None:
-            return _write(batches, sys.stdout)
-        with args.out.open("w") as out:
-            return _write(batches, out)
-    except InputError as err:
-        raise InputError(f"{args.data}: {err}") from err
+    if args.out is None:
+        return _write(batches, sys.stdout)
+    with args.out.open("w") as out:
+        return _write(batches, out)
+
+
+def _remote_batches(
+    client: Client, samples: Samples, args: argparse.Namespace
+) -> Iterator[Records]:
+    for rows in row_chunks(samples, args.batch_size):
+        given = {"inputs": rows} if isinstance(rows, np.ndarray) else {"embeddings": rows}
+        records = client.score(args.model, alpha=args.alpha, neighbors=args.neighbors, **given)
+        yield [dict(record) for record in records]
+
+
+def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -> None:
+    print(
+        f"scored {count} samples with {name} version {version}: "
+        f"{outliers} outliers at alpha {alpha:g}",
+        file=sys.stderr,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,14 +129,21 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(args.repository, args.model, device=args.device)
     alpha = check_alpha(args.alpha, detector.manifest.alpha)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
-    dims = {s.name: s.dim for s in detector.manifest.layers}
-    data = _read(args.data, detector.input_shape, dims)
-    count, outliers = _output(args, _local(detector, data, args))
+    data = _read(args.data, detector.input_shape, detector.layers)
+    try:
+        # The whole file is checked before anything is scored or the output file is opened.
+        results = detector.score_in_batches(
+            data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
+        )
+        count, outliers = _output(args, (result.to_records() for result in results))
+    except InputError as err:
+        raise InputError(f"{args.data}: {err}") from err
     _summary(count, outliers, detector.name, detector.version, alpha)
     return 0
 
 
 def _run_remote(args: argparse.Namespace) -> int:
+    """Score through the service: the whole file is checked here first, as locally."""
     from snnl.client import Client  # httpx only when a service scores
 
     with Client(args.url, api_key=os.environ.get("SNNL_API_KEY")) as client:
@@ -178,16 +151,17 @@ def _run_remote(args: argparse.Namespace) -> int:
         if info is None:
             raise InputError(f"--model: {args.model!r} is not served at {args.url}")
         shape = None if info["input_shape"] is None else tuple(info["input_shape"])
-        data = _read(args.data, shape, {layer["name"]: layer["dim"] for layer in info["layers"]})
-        count, outliers = _output(args, _remote(client, data, args))
+        dims = {layer["name"]: layer["dim"] for layer in info["layers"]}
+        data = _read(args.data, shape, list(dims))
+        try:
+            checked: Samples = (
+                check_embeddings(data, dims)
+                if isinstance(data, dict)
+                else check_inputs(data, shape or data.shape[1:])
+            )
+        except InputError as err:
+            raise InputError(f"{args.data}: {err}") from err
+        count, outliers = _output(args, _remote_batches(client, checked, args))
     alpha = info["alpha"] if args.alpha is None else args.alpha
     _summary(count, outliers, info["name"], info["version"], alpha)
     return 0
-
-
-def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -> None:
-    print(
-        f"scored {count} samples with {name} version {version}: "
-        f"{outliers} outliers at alpha {alpha:g}",
-        file=sys.stderr,
-    )
