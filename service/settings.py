@@ -87,18 +87,10 @@ class Settings(BaseSettings):
         "empty (default): no CORS headers.",
     )
 
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        """``"https://a,https://b"`` -> ``("https://a", "https://b")``."""
-        if isinstance(value, str):
-            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
-        return value
-
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        """``"k1,k2"`` -> ``("k1", "k2")``; blanks around keys are dropped."""
+        """``"k1,k2"`` -> ``("k1", "k2")``; blanks around items are dropped."""
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
