@@ -1,10 +1,8 @@
 """``snnl score``: score the samples of an .npz file, one JSON object per sample.
 
-    snnl score --repository models --model digits-mlp FILE.npz [--out FILE.jsonl]
-
-FILE.npz holds ``x`` (N, *input_shape). For an embedding-only model ``x`` holds the embeddings
-(N, d) of its single layer, or, with several layers, one key per layer name. Each output line is
-the HTTP API's result object (SPEC §5); a summary goes to stderr.
+FILE.npz holds x (N, *input_shape). For an embedding-only model x holds the embeddings (N, d) of
+its single layer, or, with several layers, one key per layer name. Each output line is the HTTP
+API's result object; a progress bar (on a terminal) and a summary go to stderr.
 """
 
 from __future__ import annotations
@@ -12,18 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import numpy as np
-
+from snnl.cli.common import DEVICES, load_detector, progress_bar
 from snnl.errors import InputError
-from snnl.model.detector import Detector
-from snnl.model.runtime import DEVICES
-from snnl.scoring.results import ScoreResult
-from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from snnl.model.detector import Detector
+    from snnl.scoring.results import ScoreResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,16 +29,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "score",
         help="score an .npz of samples (or embeddings) against a model; JSON lines out",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n", 1)[1].strip(),
     )
-    parser.add_argument("data", type=Path, metavar="FILE.npz", help="x (N, *input_shape)")
+    parser.add_argument(
+        "data", type=Path, metavar="FILE.npz", help="x (N, *input_shape), or embeddings"
+    )
     parser.add_argument("--repository", type=Path, required=True, help="the model repository")
-    parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--out", type=Path, help="write JSON lines here (default stdout)")
-    parser.add_argument("--alpha", type=float, help="flag level (default: the model's)")
-    parser.add_argument("--neighbors", type=int, default=0, help="ids of the k nearest per layer")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--model", required=True, help="the model's name in the repository")
+    parser.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
+    parser.add_argument(
+        "--alpha", type=float, help="level of the outlier flag (default: the model's alpha)"
+    )
+    parser.add_argument(
+        "--neighbors",
+        type=int,
+        default=0,
+        help="also return the ids of the k nearest reference points per layer (0: none)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1024, help="samples per scoring call")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where scoring runs")
     parser.set_defaults(run=run)
 
 
@@ -50,20 +57,10 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
     The whole file is checked before anything is scored: an error names the sample's row in the
     file and no partial output is written.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InputError(f"{path}: expected an .npz archive (numpy.savez), got a bare array")
-        with loaded as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except InputError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise InputError(
-            f"{path}: not a readable .npz file without pickled objects ({err})"
-        ) from err
+    from snnl.scoring.validation import check_embeddings, check_inputs
+    from snnl.training.data import read_npz_arrays
+
+    arrays = read_npz_arrays(path)
     if detector.input_shape is not None or len(detector.layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
@@ -84,42 +81,50 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
 def _batches(
     detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
 ) -> Iterator[ScoreResult]:
-    first = data if isinstance(data, np.ndarray) else next(iter(data.values()))
-    for start in range(0, len(first), args.batch_size):
+    for start in range(0, _length(data), args.batch_size):
         stop = start + args.batch_size
-        if isinstance(data, np.ndarray):
-            yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
-        else:
+        if isinstance(data, dict):
             rows = {layer: x[start:stop] for layer, x in data.items()}
             yield detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
+        else:
+            yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
 
 
-def _write(results: Iterator[ScoreResult], out: TextIO) -> tuple[int, int, float]:
+def _length(data: np.ndarray | dict[str, np.ndarray]) -> int:
+    return len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+
+
+def _write(results: Iterator[ScoreResult], total: int, out: TextIO) -> tuple[int, int, float]:
     count = outliers = 0
     alpha = float("nan")
-    for result in results:
-        for record in result.to_records():
-            out.write(json.dumps(record) + "\n")
-        count += len(result)
-        outliers += int(result.outlier.sum())
-        alpha = result.alpha
+    with progress_bar(total, desc="score", unit="sample") as bar:
+        for result in results:
+            for record in result.to_records():
+                out.write(json.dumps(record) + "\n")
+            count += len(result)
+            outliers += int(result.outlier.sum())
+            alpha = result.alpha
+            bar.update(len(result))
     return count, outliers, alpha
 
 
 def run(args: argparse.Namespace) -> int:
     """Score the file and write JSON lines."""
+    from snnl.scoring.validation import check_alpha, check_neighbors
+
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    detector = Detector.load(args.repository, args.model, device=args.device)
+    detector = load_detector(args.repository, args.model, args.device)
     check_alpha(args.alpha, detector.manifest.alpha)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector)
+    total = _length(data)
     try:
         if args.out is None:
-            count, outliers, alpha = _write(_batches(detector, data, args), sys.stdout)
+            count, outliers, alpha = _write(_batches(detector, data, args), total, sys.stdout)
         else:
             with args.out.open("w") as out:
-                count, outliers, alpha = _write(_batches(detector, data, args), out)
+                count, outliers, alpha = _write(_batches(detector, data, args), total, out)
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
     print(
