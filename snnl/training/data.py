@@ -97,7 +97,7 @@ def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
     except ValueError as err:
         if "pickle" in str(err):
             raise InputError(
-                f"{path}: holds an array of Python objects, which would need unpickling: "
+                f"{path}: holds an object array, which numpy stores pickled; refused: "
                 "save numeric arrays only"
             ) from err
         raise InputError(f"{path}: damaged .npz archive ({err})") from err
