@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from snnl.cli import build_parser, main
-from snnl.cli import common
+from snnl.cli import build_parser, common, main
 
 COMMANDS = ("train", "export", "score", "evaluate", "index", "data", "serve")
 HEAVY = ("torch", "numpy", "onnxruntime", "fastapi", "pydantic", "matplotlib", "sklearn")
@@ -61,9 +60,10 @@ def test_every_option_has_help_and_shows_its_default(
             continue
         assert action.help, f"{command} {action.option_strings or action.dest}: no help"
         shown = parser._get_formatter()._expand_help(action)  # what --help prints
-        if action.option_strings and not action.required and action.default is not None:
-            if not isinstance(action, argparse._StoreTrueAction):
-                assert "default" in shown, f"{command} {action.option_strings}: {shown!r}"
+        optional = action.option_strings and not action.required
+        flag = isinstance(action, argparse._StoreTrueAction)
+        if optional and action.default is not None and not flag:
+            assert "default" in shown, f"{command} {action.option_strings}: {shown!r}"
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0
