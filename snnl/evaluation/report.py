@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sklearn.metrics import roc_curve
 
 from snnl.core.temperature import DEFAULT_BOUNDS
@@ -121,6 +121,9 @@ def markdown(evaluation: Evaluation) -> str:
             "",
             "## Layers on the ID set",
             "",
+            "Served T: the model's temperature (from its reference set); T* and entanglement:"
+            " measured on this ID set (a stratified subsample of at most 2000 samples).",
+            "",
             layer_table(evaluation),
             "",
         ]
@@ -140,7 +143,7 @@ def figures(evaluation: Evaluation) -> str:
 
 
 def _roc_plot(evaluation: Evaluation, stem: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6, 6.4))
     for name, m in evaluation.ood[stem].items():
         labels, scores = labels_and_scores(
             evaluation.id_scores[name], evaluation.ood_scores[stem][name]
@@ -151,22 +154,28 @@ def _roc_plot(evaluation: Evaluation, stem: str, path: Path) -> None:
     ax.set(
         xlabel=f"false-positive rate ({stem} samples accepted as ID)",
         ylabel="true-positive rate (ID samples accepted)",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=(-0.01, 1.01),  # a margin, so curves along the frame are not hidden by it
+        ylim=(-0.01, 1.01),
     )
     ax.set_title(f"{evaluation.model}: ID vs {stem}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes: inside, the legend would hide the curves of the worst detectors.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _spiky(counts: np.ndarray) -> bool:
-    """Whether a histogram needs a log count axis: its tallest bin is over 20 times the median
-    non-empty bin, so a linear axis would squash the rest of the shape flat."""
-    nonzero = counts[counts > 0]
-    return nonzero.size > 2 and float(counts.max()) > 20 * float(np.median(nonzero))
+def _spiky(densities: np.ndarray) -> bool:
+    """Whether histograms need a log density axis: the tallest bin (of both sets) is over 20
+    times the median non-empty bin, so a linear axis would squash the rest of the shape flat."""
+    nonzero = densities[densities > 0]
+    return nonzero.size > 2 and float(densities.max()) > 20 * float(np.median(nonzero))
+
+
+def _plain_number(value: float, _position: int) -> str:
+    """Tick labels with 3 significant digits and no shared offset text (which collides)."""
+    return f"{value:.3g}"
 
 
 def _histogram_plot(evaluation: Evaluation, stem: str, path: Path) -> None:
@@ -181,19 +190,23 @@ def _histogram_plot(evaluation: Evaluation, stem: str, path: Path) -> None:
         if not hi > lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, 41)
-        spiky = False
+        densities = []
         for values, label in ((id_scores, f"ID (n={len(id_scores)})"),
                               (ood_scores, f"{stem} (n={len(ood_scores)})")):  # fmt: skip
             counts, _, _ = ax.hist(
                 np.clip(values, lo, hi), bins=edges, alpha=0.55, density=True, label=label
             )
-            spiky = spiky or _spiky(np.asarray(counts))
+            densities.append(np.asarray(counts))
+        spiky = _spiky(np.concatenate(densities))
         if spiky:
             ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("score (higher = more ID; 1% tails clipped)", fontsize=8)
         ax.set_ylabel("density" + (" (log scale)" if spiky else ""), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+        if not spiky:
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in axes.flat[len(names) :]:
