@@ -1,4 +1,4 @@
-"""The HTTP service: FastAPI app, dynamic batching, Prometheus metrics.
+"""The HTTP service: FastAPI app, dynamic batching, Prometheus metrics (docs/service.md).
 
 The public names are imported on first use (PEP 562), so importing ``service.cli`` (what
 ``snnl --help`` does through the entry point) does not load FastAPI, torch or the app.

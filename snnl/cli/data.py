@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snnl.cli.common import TRANSFORMS, class_ids, dataset
 from snnl.errors import InputError
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: expected >= 1, got {args.limit}")
     x, y = _source(args)
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Any]  # Any: numpy's savez stub takes **kwargs as a possible allow_pickle
     if args.noise is not None:
         arrays = {"x": uniform_noise(x, args.noise, args.seed)}
     elif args.transform is not None:

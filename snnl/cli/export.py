@@ -109,12 +109,15 @@ def run(args: argparse.Namespace) -> int:
         f"SNNL(T*) on a stratified subsample of at most {ENTANGLEMENT_POINTS} reference rows"
     )
     for layer in manifest.layers:
+        # Both are always set by export; a manifest may leave them out (older models).
+        t_star = layer.optimal_temperature
+        entangled = layer.entanglement
         print(
             f"  {layer.name}: {layer.dim}-d, {layer.distance}, "
             f"served temperature {layer.temperature:.4g}, "
             f"{layer.reference_size} reference rows, "
-            f"T* {format_temperature(layer.optimal_temperature)}, "
-            f"entanglement {layer.entanglement:.3g}"
+            f"T* {'-' if t_star is None else format_temperature(t_star)}, "
+            f"entanglement {'-' if entangled is None else f'{entangled:.3g}'}"
         )
     print(f"  nonconformity: {manifest.nonconformity.kind}")
     test = manifest.provenance.get("test", {})

@@ -52,12 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
-    """The validated samples, or for an embedding-only model {layer: (N, d)}, from ``path``.
-
-    The whole file is checked before anything is scored: an error names the sample's row in the
-    file and no partial output is written.
-    """
-    from snnl.scoring.validation import check_embeddings, check_inputs
+    """The samples, or for an embedding-only model {layer: (N, d)}, from ``path`` (checked
+    later, by ``Detector.score_in_batches``)."""
     from snnl.training.data import read_npz_arrays
 
     arrays = read_npz_arrays(path)
@@ -70,28 +66,7 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
         if missing:
             raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
         embeddings = {layer: arrays[layer] for layer in detector.layers}
-    try:
-        if detector.input_shape is not None:
-            return check_inputs(arrays["x"], detector.input_shape)
-        return check_embeddings(embeddings, {s.name: s.dim for s in detector.manifest.layers})
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from err
-
-
-def _batches(
-    detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
-) -> Iterator[ScoreResult]:
-    for start in range(0, _length(data), args.batch_size):
-        stop = start + args.batch_size
-        if isinstance(data, dict):
-            rows = {layer: x[start:stop] for layer, x in data.items()}
-            yield detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
-        else:
-            yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
-
-
-def _length(data: np.ndarray | dict[str, np.ndarray]) -> int:
-    return len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+    return arrays["x"] if detector.input_shape is not None else embeddings
 
 
 def _write(results: Iterator[ScoreResult], total: int, out: TextIO) -> tuple[int, int, float]:
@@ -110,6 +85,7 @@ def _write(results: Iterator[ScoreResult], total: int, out: TextIO) -> tuple[int
 
 def run(args: argparse.Namespace) -> int:
     """Score the file and write JSON lines."""
+    from snnl.scoring.batch import num_rows
     from snnl.scoring.validation import check_alpha, check_neighbors
 
     if args.batch_size < 1:
@@ -118,13 +94,17 @@ def run(args: argparse.Namespace) -> int:
     check_alpha(args.alpha, detector.manifest.alpha)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector)
-    total = _length(data)
+    total = num_rows(data)
     try:
+        # The whole file is checked before anything is scored or the output file is opened.
+        results = detector.score_in_batches(
+            data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
+        )
         if args.out is None:
-            count, outliers, alpha = _write(_batches(detector, data, args), total, sys.stdout)
+            count, outliers, alpha = _write(results, total, sys.stdout)
         else:
             with args.out.open("w") as out:
-                count, outliers, alpha = _write(_batches(detector, data, args), total, out)
+                count, outliers, alpha = _write(results, total, out)
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
     print(

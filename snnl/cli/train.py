@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from snnl.evaluation.report import format_temperature
-    from snnl.training.loop import ENTANGLEMENT_POINTS, EpochRecord, prepare, train
+    from snnl.training.loop import ENTANGLEMENT_POINTS, EpochRecord, prepare_run, train
 
     settings = settings_from_args(args)
     if args.threads < 1:
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} exists and is not a directory")
-    start = prepare(settings)
+    start = prepare_run(settings)
     args.out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable --out before training
     print(
         f"entanglement per hidden layer: SNNL(T*) with T* = argmin_T SNNL(T), on a fixed "
