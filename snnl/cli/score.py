@@ -94,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     check_alpha(args.alpha, detector.manifest.alpha)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector)
-    total = num_rows(data)
     try:
         # The whole file is checked before anything is scored or the output file is opened.
         results = detector.score_in_batches(
             data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
         )
+        total = num_rows(data)
         if args.out is None:
             count, outliers, alpha = _write(results, total, sys.stdout)
         else:
