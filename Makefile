@@ -12,7 +12,7 @@ REPOSITORY ?= models
 
 TRAIN_FLAGS = --data digits --arch mlp --factor 1 --temperature learned --distance cosine \
 	--epochs 30 --batch-size 128 --lr 0.001 --seed 0 --threads 1
-EXPORT_FLAGS = --name digits-mlp --version 1 --reference-dtype float16 --created $(CREATED) --device cpu
+EXPORT_FLAGS = --force --name digits-mlp --version 1 --reference-dtype float16 --created $(CREATED) --device cpu
 
 .PHONY: models models-check
 

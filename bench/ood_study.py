@@ -12,7 +12,7 @@ sets made from data the model never saw:
     shift     the ID test samples + 0.5 (hi - lo)
 
 The served detector ``soft_neighbor`` is the model's nonconformity (the default neighbor-mass);
-``soft_neighbor_ratio`` is SPEC §2's sum_l -log s_l on the same export. Then ablations of the
+``soft_neighbor_ratio`` is the textbook sum_l -log s_l on the same export. Then ablations of the
 ratio (temperature rule, served layers; re-exports with ``nonconformity="neg-log-score"``) and of
 the mass (one geometry only; re-exports with ``mass_geometries``). Everything is fitted on
 in-distribution data only. The flag's false-positive rate on ID data is measured on the test

@@ -8,6 +8,7 @@ imported only when the command runs, so ``snnl --help`` stays light.
 from __future__ import annotations
 
 import argparse
+import socket
 
 from snnl.errors import InputError
 
@@ -62,5 +63,27 @@ def run(args: argparse.Namespace) -> int:
         flag = dict((s, f) for s, f, _ in FLAGS).get(setting, "")
         where = f" ({flag} / SNNL_{setting.upper()})" if flag else ""
         raise InputError(f"setting {setting}{where}: {first['msg']}") from err
+    _check_bindable(settings.host, settings.port)
     serve(settings)
     return 0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """InputError naming --port (or --host) when ``host:port`` cannot be bound, e.g. a busy port.
+
+    uvicorn would report that as a logged traceback-free error and exit 1 only after loading
+    the app; probing first gives one plain line and exit 2. The probe binds as uvicorn does
+    (SO_REUSEADDR) and releases the port at once.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise InputError(f"--host {host}: cannot resolve ({err.strerror})") from err
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise InputError(
+                f"--port {port}: cannot listen on {host}:{port} ({err.strerror})"
+            ) from err

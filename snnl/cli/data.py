@@ -1,40 +1,24 @@
-"""``snnl data``: write an evaluation set as a SPEC §3 ``.npz`` (``x`` float32, ``y`` int64).
-
-    snnl data --run RUN_DIR --split test --out id.npz
-    snnl data --dataset digits --classes 5,6,7,8,9 --out ood.npz
-    snnl data --run RUN_DIR --split test --noise 300 --out noise.npz
-    snnl data --run RUN_DIR --split test --transform invert --out inverted.npz
+"""``snnl data``: write an evaluation set as an ``.npz`` (``x`` float32, ``y`` int64).
 
 The source is a run directory's split (labels in the model's 0..C-1 space) or a dataset
-(``digits``, ``mnist1d`` or a .npz; with ``--classes`` the labels are remapped to 0..C-1 in
-sorted id order, as ``snnl train`` does). ``--noise N`` writes N uniform samples over the
-source's value range instead (no ``y``); ``--transform`` changes the source samples.
+(digits, mnist1d or a .npz; with --classes the labels are remapped to 0..C-1 in sorted id
+order, as snnl train does). --noise N writes N uniform samples over the source's value range
+instead (no y); --transform changes the source samples.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from snnl.cli.common import TRANSFORMS, class_ids, dataset
 from snnl.errors import InputError
-from snnl.evaluation.ood_sets import TRANSFORMS, transform, uniform_noise
-from snnl.training.data import Split, load_dataset
-from snnl.training.run import SPLIT_FILE
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPLITS: tuple[str, ...] = ("train", "calibration", "test")
-
-
-def _classes(text: str) -> list[int]:
-    try:
-        return [int(c) for c in text.split(",") if c.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated class ids, got {text!r}"
-        ) from err
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,25 +26,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
         help="make an evaluation set (.npz) from a run's split, a dataset, noise or a transform",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n", 1)[1].strip(),
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", dest="run_dir", type=Path, help="a run directory of snnl train")
-    source.add_argument("--dataset", help="digits, mnist1d or a .npz file")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="with --run (default test)")
-    parser.add_argument("--classes", type=_classes, help="with --dataset: keep these class ids")
+    source.add_argument("--dataset", type=dataset, help="digits, mnist1d or a .npz file")
+    parser.add_argument(
+        "--split", choices=SPLITS, default="test", help="which split of the --run directory"
+    )
+    parser.add_argument(
+        "--classes",
+        type=class_ids,
+        help="with --dataset: keep these class ids, e.g. 5,6 (default: every class)",
+    )
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument(
-        "--noise", type=int, metavar="N", help="N uniform samples over the data's range"
+        "--noise",
+        type=int,
+        metavar="N",
+        help="write N uniform samples over the data's value range instead (default: no noise)",
     )
-    kind.add_argument("--transform", metavar="T", help=f"one of {', '.join(TRANSFORMS)}")
-    parser.add_argument("--limit", type=int, metavar="N", help="keep a random N samples at most")
-    parser.add_argument("--seed", type=int, default=0)
+    kind.add_argument(
+        "--transform",
+        metavar="T",
+        help=f"change the samples: one of {', '.join(TRANSFORMS)} (default: none)",
+    )
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="keep a random N samples at most (default: all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of noise, permute and --limit")
     parser.add_argument("--out", type=Path, required=True, help="the .npz file to write")
     parser.set_defaults(run=run)
 
 
 def _source(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    from snnl.training.data import Split, load_dataset
+    from snnl.training.run import SPLIT_FILE
+
     if args.run_dir is not None:
         if args.classes is not None:
             raise InputError("--classes goes with --dataset, not --run")
@@ -69,14 +71,20 @@ def _source(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
             raise FileNotFoundError(f"{path} not found: is {args.run_dir} a run directory?")
         split = Split.load(path)
         return getattr(split, f"x_{args.split}"), getattr(split, f"y_{args.split}")
-    dataset = load_dataset(args.dataset, args.classes)
-    return dataset.x, dataset.y
+    loaded = load_dataset(args.dataset, args.classes)
+    return loaded.x, loaded.y
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the set; prints one summary line."""
+    import numpy as np
+
+    from snnl.evaluation.ood_sets import transform, uniform_noise
+
     if args.out.suffix != ".npz":
         raise InputError(f"--out: expected a .npz file name, got {args.out}")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit: expected >= 1, got {args.limit}")
     x, y = _source(args)
     arrays: dict[str, Any]  # Any: numpy's savez stub takes **kwargs as a possible allow_pickle
     if args.noise is not None:
@@ -86,15 +94,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         arrays = {"x": x.astype(np.float32), "y": y}
     if args.limit is not None:
-        if args.limit < 1:
-            raise InputError(f"--limit: expected >= 1, got {args.limit}")
         n = len(arrays["x"])
         keep = np.sort(np.random.default_rng(args.seed).permutation(n)[: args.limit])
         arrays = {key: value[keep] for key, value in arrays.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **arrays)
     shape = "x".join(str(s) for s in arrays["x"].shape)
-    print(
-        f"wrote {args.out}: x {shape}" + (" with labels" if "y" in arrays else ""), file=sys.stdout
-    )
+    print(f"wrote {args.out}: x {shape}" + (" with labels" if "y" in arrays else ""))
     return 0

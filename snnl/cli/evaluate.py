@@ -1,10 +1,7 @@
 """``snnl evaluate``: OOD detection of a served model against MSP, energy, Mahalanobis and KNN.
 
-    snnl evaluate --repository DIR --model NAME --id FILE.npz --ood FILE.npz [--ood ...]
-                  [--report DIR]
-
-The ID file needs ``x`` and ``y`` (labels in the model's 0..C-1 space); OOD files need ``x``.
-Prints the tables and writes report.json, report.md, roc_<stem>.png and hist_<stem>.png.
+The ID file needs x and y (labels in the model's 0..C-1 space); OOD files need x. Prints the
+tables and writes report.json, report.md, roc_<stem>.png and hist_<stem>.png to --report.
 """
 
 from __future__ import annotations
@@ -13,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from snnl.cli.common import DEVICES, load_detector, progress_bar
 from snnl.errors import InputError
-from snnl.training.data import read_npz
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="AUROC / FPR95 / AUPR of the soft-neighbor detector and baselines on ID vs OOD sets",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n", 1)[1].strip(),
     )
     parser.add_argument("--repository", type=Path, required=True, help="the model repository")
     parser.add_argument("--model", required=True, help="the model's name in the repository")
@@ -32,8 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ood", type=Path, action="append", required=True, help="an OOD set (.npz, x); repeatable"
     )
-    parser.add_argument("--report", type=Path, default=Path("report"), help="output folder")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--report", type=Path, default=Path("report"), help="folder for the report files"
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where scoring runs")
     parser.set_defaults(run=run)
 
 
@@ -41,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the tables, write the report."""
     from snnl.evaluation.benchmark import evaluate
     from snnl.evaluation.report import markdown, write_report
-    from snnl.model.detector import Detector
+    from snnl.training.data import read_npz
 
     id_x, id_y = read_npz(args.id_file)
-    assert id_y is not None
+    assert id_y is not None  # read_npz requires labels by default
     ood_sets = {}
     for path in args.ood:
         if path.stem in ood_sets:
@@ -52,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--ood: two files share the name {path.stem!r}; report keys must differ"
             )
         ood_sets[path.stem] = read_npz(path, require_labels=False)[0]
-    det = Detector.load(args.repository, args.model, device=args.device)
-    evaluation = evaluate(det, id_x, id_y, ood_sets)
+    det = load_detector(args.repository, args.model, args.device)
+    total = len(id_x) + sum(len(x) for x in ood_sets.values())
+    with progress_bar(total, desc="evaluate", unit="sample") as bar:
+        evaluation = evaluate(det, id_x, id_y, ood_sets, on_scored=bar.update)
     written = write_report(evaluation, args.report)
     print(markdown(evaluation))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stdout)

@@ -1,11 +1,8 @@
 """``snnl export``: a training run -> a model folder of the repository.
 
-    snnl export RUN_DIR --repository models --name digits-mlp [--version 1]
-                [--calibration-fraction 0.15] [--reference-dtype float32|float16]
-                [--nonconformity neighbor-mass|neg-log-score]
-
 Writes model.onnx (checked against PyTorch), the reference set of the training split, the
-calibration of the held-out split and the manifest with sha256s (SPEC §3).
+calibration of the held-out split and the manifest with the sha256 of every file. An existing
+model of the same name is replaced only with --force.
 """
 
 from __future__ import annotations
@@ -13,16 +10,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnl.build.assemble import DEFAULT_NONCONFORMITY
-from snnl.build.from_run import export_run
-from snnl.core.distances import DISTANCES
-from snnl.model.runtime import DEVICES
-from snnl.scoring.nonconformity import NONCONFORMITY_KINDS
-from snnl.scoring.temperature_rule import DEFAULT_RULE
-
-
-def _layers(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+from snnl.cli.common import (
+    DEFAULT_NONCONFORMITY,
+    DEFAULT_RULE,
+    DEVICES,
+    DISTANCES,
+    NONCONFORMITY_HELP,
+    NONCONFORMITY_KINDS,
+    REFERENCE_DTYPES,
+    TEMPERATURE_RULE_HELP,
+    comma_list,
+)
+from snnl.errors import InputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,14 +29,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a training run to the model repository (ONNX, reference set, calibration)",
-        description=__doc__.split("\n\n")[0],
+        description="Export a training run to a model folder of the repository: model.onnx "
+        "(checked against PyTorch), the reference set of the training split, the calibration "
+        "of the held-out split and the manifest with the sha256 of every file.",
     )
     parser.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="a run directory of snnl train"
     )
     parser.add_argument("--repository", type=Path, required=True, help="the model repository")
     parser.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
-    parser.add_argument("--version", default="1", help="model version (default 1)")
+    parser.add_argument("--version", default="1", help="model version")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing model of the same name"
+    )
     parser.add_argument(
         "--calibration-fraction",
         type=float,
@@ -45,37 +49,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="re-split the run's calibration + test pool to this fraction of all samples "
         "(default: the run's calibration split)",
     )
-    parser.add_argument("--reference-dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument(
+        "--reference-dtype",
+        choices=REFERENCE_DTYPES,
+        default="float32",
+        help="storage of the reference activations",
+    )
     parser.add_argument(
         "--nonconformity",
         choices=NONCONFORMITY_KINDS,
         default=DEFAULT_NONCONFORMITY,
-        help="a(x) of the outlier flag: neighbor-mass (standardized soft-neighbor mass of the "
-        "predicted class, cosine and euclidean, per layer) or neg-log-score (sum_l -log s_l, "
-        "SPEC's starting point) (default %(default)s)",
+        help=NONCONFORMITY_HELP,
     )
     parser.add_argument(
-        "--distance", choices=DISTANCES, default="cosine", help="served distance (default cosine)"
+        "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"
     )
+    parser.add_argument("--temperature-rule", default=DEFAULT_RULE, help=TEMPERATURE_RULE_HELP)
     parser.add_argument(
-        "--temperature-rule",
-        default=DEFAULT_RULE,
-        help="class-perplexity[:F], perplexity:P, min-snnl[:FLOOR] or a number "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--layers", type=_layers, help="served layers, comma-separated (default all)"
+        "--layers", type=comma_list, help="served layers, comma-separated (default: all hidden)"
     )
     parser.add_argument(
         "--created",
-        help="manifest timestamp YYYY-MM-DDTHH:MM:SSZ (default SOURCE_DATE_EPOCH, else now)",
+        help="manifest timestamp YYYY-MM-DDTHH:MM:SSZ (default: SOURCE_DATE_EPOCH, else now)",
     )
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where the export's scoring runs"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export and print a summary of the written model."""
+    from snnl.build.assemble import ENTANGLEMENT_POINTS
+    from snnl.build.from_run import export_run
+    from snnl.evaluation.report import format_temperature
+
+    target = args.repository / args.name
+    if target.exists() and not args.force:
+        raise InputError(f"--name {args.name}: {target} exists; add --force to replace it")
     manifest = export_run(
         args.run_dir,
         args.repository,
@@ -93,12 +104,20 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"exported {manifest.name} version {manifest.version} to {args.repository / manifest.name}"
     )
+    print(
+        f"  per layer: served temperature (rule {args.temperature_rule}); T* and entanglement "
+        f"SNNL(T*) on a stratified subsample of at most {ENTANGLEMENT_POINTS} reference rows"
+    )
     for layer in manifest.layers:
+        # Both are always set by export; a manifest may leave them out (older models).
+        t_star = layer.optimal_temperature
+        entangled = layer.entanglement
         print(
             f"  {layer.name}: {layer.dim}-d, {layer.distance}, "
-            f"temperature {layer.temperature:.4g}, "
+            f"served temperature {layer.temperature:.4g}, "
             f"{layer.reference_size} reference rows, "
-            f"T* {layer.optimal_temperature:.3g}, entanglement {layer.entanglement:.3g}"
+            f"T* {'-' if t_star is None else format_temperature(t_star)}, "
+            f"entanglement {'-' if entangled is None else f'{entangled:.3g}'}"
         )
     print(f"  nonconformity: {manifest.nonconformity.kind}")
     test = manifest.provenance.get("test", {})

@@ -1,4 +1,4 @@
-"""``snnl train``: train a net with CE + factor * SNNL and write a run directory (SPEC §4)."""
+"""``snnl train``: train a net with CE + factor * SNNL and write a run directory."""
 
 from __future__ import annotations
 
@@ -6,40 +6,29 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from snnl.core.distances import DISTANCES
+from snnl.cli.common import (
+    ARCHS,
+    BUILTIN_DATASETS,
+    DEFAULT_FACTOR,
+    DEFAULT_TEMPERATURE,
+    DISTANCES,
+    class_ids,
+    comma_list,
+    dataset,
+)
 from snnl.errors import InputError
-from snnl.training.nets import ARCHS
-from snnl.training.run import DEFAULT_FACTOR, DEFAULT_TEMPERATURE, TemperatureSetting, TrainSettings
+
+if TYPE_CHECKING:
+    from snnl.training.run import TemperatureSetting, TrainSettings
 
 DEFAULT_ARCH = {"mnist1d": "cnn1d"}
 
 
-def _classes(text: str) -> list[int]:
-    try:
-        classes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated class ids, got {text!r}"
-        ) from err
-    if not classes:
-        raise argparse.ArgumentTypeError("expected at least one class id")
-    return classes
-
-
-def _names(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated layer names")
-    return names
-
-
-def _temperature(text: str) -> TemperatureSetting:
+def _temperature(text: str) -> TemperatureSetting | float:
     if text in ("learned", "annealed"):
-        return text  # type: ignore[return-value]
+        return text  # type: ignore[return-value]  # one of the two literals
     try:
         value = float(text)
     except ValueError as err:
@@ -62,46 +51,61 @@ def add_parser(subparsers: Any) -> None:
             "model.safetensors, split.npz, history.jsonl and entanglement.png to --out."
         ),
     )
-    parser.add_argument("--data", required=True, help="digits, mnist1d or a FILE.npz (x, y)")
     parser.add_argument(
-        "--classes", type=_classes, default=None, help="train on these class ids only, e.g. 0,1,2"
+        "--data",
+        required=True,
+        type=dataset,
+        help=f"{', '.join(BUILTIN_DATASETS)} or a FILE.npz (x, y)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=class_ids,
+        default=None,
+        help="train on these class ids only, e.g. 0,1,2 (default: every class)",
     )
     parser.add_argument(
         "--snnl-layers",
-        type=_names,
+        type=comma_list,
         default=None,
         help="comma-separated layers whose SNNL enters the loss (default: all hidden layers)",
     )
     parser.add_argument(
-        "--arch", choices=ARCHS, default=None, help="default: cnn1d for mnist1d, else mlp"
+        "--arch", choices=ARCHS, default=None, help="the net (default: cnn1d for mnist1d, else mlp)"
     )
     parser.add_argument(
         "--factor",
         type=float,
         default=DEFAULT_FACTOR,
-        help=(
-            f"SNNL weight; > 0 clusters classes, < 0 entangles them, each row's term then "
-            f"bounded at -log(1e-5) (default {DEFAULT_FACTOR})"
-        ),
+        help="SNNL weight: > 0 pulls classes apart, < 0 entangles them (each row's term is then "
+        "bounded at -log(1e-5)); 0 is plain cross-entropy",
     )
     parser.add_argument(
         "--temperature",
         type=_temperature,
         default=DEFAULT_TEMPERATURE,
-        help=f"learned, annealed or a fixed number (default {DEFAULT_TEMPERATURE})",
+        help="the loss's T: learned, annealed or a fixed positive number",
     )
-    parser.add_argument("--distance", choices=DISTANCES, default="cosine")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--distance", choices=DISTANCES, default="cosine", help="distance inside the SNNL"
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the training split")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per Adam step")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration-fraction", type=float, default=0.15)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and batches")
+    parser.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.15,
+        help="fraction of the data held out for the calibration split",
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="fraction held out for the test split"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default 1: the nets are small, more threads mostly add overhead)",
+        help="torch CPU threads (the nets are small: more threads mostly add overhead)",
     )
     parser.add_argument("--out", required=True, type=Path, help="run directory to write")
     parser.set_defaults(run=run)
@@ -109,6 +113,10 @@ def add_parser(subparsers: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """Validated settings; InputError naming the first bad option."""
+    from pydantic import ValidationError
+
+    from snnl.training.run import TrainSettings
+
     try:
         return TrainSettings(
             dataset=args.data,
@@ -136,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from snnl.training.loop import EpochRecord, prepare_run, train
+    from snnl.evaluation.report import format_temperature
+    from snnl.training.loop import ENTANGLEMENT_POINTS, EpochRecord, prepare_run, train
 
     settings = settings_from_args(args)
     if args.threads < 1:
@@ -146,10 +155,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out} exists and is not a directory")
     start = prepare_run(settings)
     args.out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable --out before training
-    with tqdm(total=settings.epochs, desc="train", unit="epoch", file=sys.stderr) as bar:
+    print(
+        f"entanglement per hidden layer: SNNL(T*) with T* = argmin_T SNNL(T), on a fixed "
+        f"stratified subsample of {ENTANGLEMENT_POINTS} training points"
+    )
+    with tqdm(
+        total=settings.epochs, desc="train", unit="epoch", file=sys.stderr, disable=None
+    ) as bar:
 
         def report(record: EpochRecord) -> None:
-            layers = " ".join(f"{k}={v:.4f}" for k, v in record.entanglement.items())
+            layers = ", ".join(
+                f"{name} {value:.3g} (T* {format_temperature(record.optimal_temperature[name])})"
+                for name, value in record.entanglement.items()
+            )
             tqdm.write(
                 f"epoch {record.epoch}/{settings.epochs} loss {record.loss:.4f} "
                 f"train_accuracy {record.train_accuracy:.4f} "

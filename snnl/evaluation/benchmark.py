@@ -18,7 +18,7 @@ flagged), and the per-layer embedding evaluation (``snnl.evaluation.embeddings``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -153,9 +153,12 @@ def evaluate(
     *,
     baselines: list[BaselineDetector] | None = None,
     batch_size: int = BATCH_SIZE,
+    on_scored: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Evaluate ``det`` on the ID set (id_x (N, *shape), id_y (N,) in the model's label space)
-    against each OOD set {stem: (M, *shape)}."""
+    against each OOD set {stem: (M, *shape)}. ``on_scored(n)`` is called after each set with
+    its number of samples (for a progress bar)."""
+    report = on_scored or (lambda n: None)
     if not ood_sets:
         raise InputError("ood: give at least one out-of-distribution set")
     _check_x(det, id_x, "id.x")
@@ -167,11 +170,13 @@ def evaluate(
     fitted = fit_baselines(det, baselines)
     penultimate = det.layers[-1]
     id_out = model_outputs(det, id_x, batch_size)
+    report(len(id_x))
     id_scores = detector_scores(id_out, fitted, penultimate)
     ood_scores: dict[str, dict[str, np.ndarray]] = {}
     ood: dict[str, dict[str, OODMetrics]] = {}
     for stem, x in ood_sets.items():
         outputs = model_outputs(det, x, batch_size)
+        report(len(x))
         ood_scores[stem] = detector_scores(outputs, fitted, penultimate)
         ood[stem] = {
             name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores

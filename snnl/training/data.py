@@ -75,6 +75,36 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path``, never unpickling.
+
+    FileNotFoundError when there is no such file; InputError when it is not a zip archive of
+    ``.npy`` arrays (numpy.savez's format), when an array holds Python objects (they would need
+    unpickling), or when the archive is damaged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not an .npz archive (numpy.savez writes a zip of .npy arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise InputError(f"{path}: expected an .npz archive, got a bare array")
+            return {key: npz[key] for key in npz.files}
+    except InputError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise InputError(
+                f"{path}: holds an object array, which numpy stores pickled; refused: "
+                "save numeric arrays only"
+            ) from err
+        raise InputError(f"{path}: damaged .npz archive ({err})") from err
+    except (OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: damaged .npz archive ({err})") from err
+
+
 def read_npz(
     path: str | Path, *, require_labels: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -84,15 +114,7 @@ def read_npz(
     array of the same length. Raises InputError naming the file and the offending key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files if key in ("x", "y")}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise InputError(
-            f"{path}: not a readable .npz file without pickled objects ({err})"
-        ) from err
+    arrays = read_npz_arrays(path)
     if "x" not in arrays:
         raise InputError(f"{path}: missing key 'x' (samples, float32 (N, *input_shape))")
     x = arrays["x"]
@@ -128,7 +150,7 @@ def load_dataset(data: str, classes: Sequence[int] | None = None) -> Dataset:
         y = labels
     else:
         raise InputError(
-            f"--data must be one of {', '.join(BUILTIN_DATASETS)} or a .npz file, got {data!r}"
+            f"dataset: expected one of {', '.join(BUILTIN_DATASETS)} or a .npz file, got {data!r}"
         )
     present = np.unique(y)
     if classes is not None:

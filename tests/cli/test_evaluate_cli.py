@@ -86,7 +86,11 @@ def test_evaluate_writes_the_report(workdir: Path) -> None:
     for stem in ("classes", "noise", "scaled"):
         for kind in ("roc", "hist"):
             assert (workdir / "rep" / f"{kind}_{stem}.png").read_bytes()[:4] == b"\x89PNG"
-    assert (workdir / "rep" / "report.md").read_text().startswith("# OOD evaluation of five")
+    markdown = (workdir / "rep" / "report.md").read_text()
+    assert markdown.startswith("# OOD evaluation of five")
+    assert "T* of this set" in markdown
+    for stem in ("classes", "noise", "scaled"):  # the report links its figures
+        assert f"](roc_{stem}.png)" in markdown and f"](hist_{stem}.png)" in markdown
 
 
 @pytest.mark.parametrize(

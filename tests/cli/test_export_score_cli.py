@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +107,7 @@ def test_errors_are_one_line_and_exit_2(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((*SCORE, "digits", "garbage.npz"), "not a readable .npz"),
+        ((*SCORE, "digits", "garbage.npz"), "not an .npz archive"),
         ((*SCORE, "nope", "test.npz"), "no model 'nope'"),
         ((*SCORE, "digits", "test.npz", "--neighbors", "-1"), "neighbors: expected"),
         (("export", "models", "--repository", "models", "--name", "x"), "config.json not found"),
@@ -111,7 +117,7 @@ def test_errors_are_one_line_and_exit_2(
             "temperature rule",
         ),
         (("index", "test.npz", "--repository", "models", "--name", "x"), "missing key 'y'"),
-        ((*SCORE, "digits", "bare.npy"), "expected an .npz archive"),
+        ((*SCORE, "digits", "bare.npy"), "not an .npz archive"),
         (
             (
                 "export",
@@ -154,3 +160,51 @@ def test_bad_sample_is_named_by_its_row_in_the_file_before_any_output(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "nan.npz: inputs: NaN or inf" in captured.err and "in sample 9" in captured.err
+
+
+def test_export_refuses_to_replace_a_model_without_force(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    manifest = workdir / "models" / "digits" / "manifest.json"
+    before = manifest.read_bytes()
+    export = ["export", "run", "--repository", "models", "--name", "digits", "--device", "cpu"]
+    assert main(export) == 2
+    err = capsys.readouterr().err
+    assert "models/digits exists; add --force to replace it" in err
+    assert manifest.read_bytes() == before
+    assert main([*export, "--force", "--created", "2025-01-01T00:00:00Z"]) == 0
+    assert "2025-01-01T00:00:00Z" in manifest.read_text()
+
+
+def test_score_draws_a_progress_bar_only_on_a_terminal(workdir: Path) -> None:
+    """Without a terminal stderr holds only the summary; with one (a pseudo-terminal) tqdm
+    draws its bar there."""
+    plain = _snnl(*SCORE, "digits", "test.npz", "--batch-size", "8", cwd=workdir)
+    assert plain.returncode == 0 and plain.stderr.strip().startswith("scored 40 samples")
+    assert "\r" not in plain.stderr
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "snnl.cli", *SCORE, "digits", "test.npz", "--out", "o.jsonl"],
+            cwd=workdir,
+            stderr=terminal,
+            stdout=subprocess.DEVNULL,
+            timeout=120,
+        )
+        os.close(terminal)
+        drawn = b""
+        while chunk := _read(controller):
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert b"score: 100%" in drawn and b"40/40" in drawn
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end is closed: everything was read
+        return b""

@@ -73,7 +73,9 @@ def test_writes_the_run_directory(two_runs: tuple[Path, Path, str]) -> None:
     epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 3
     assert f"test_accuracy {records[-1]['test_accuracy']:.4f}" in epoch_lines[-1]
-    assert "fc1=" in epoch_lines[-1] and "fc3=" in epoch_lines[-1]
+    assert "entanglement fc1 " in epoch_lines[-1] and ", fc3 " in epoch_lines[-1]
+    assert "T* " in epoch_lines[-1]
+    assert "subsample of 300 training points" in stdout
 
 
 def test_same_seed_same_run(two_runs: tuple[Path, Path, str]) -> None:

@@ -115,7 +115,7 @@ def test_npz_missing_or_not_a_zip(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "absent.npz"))
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
-    with pytest.raises(InputError, match=r"not a readable \.npz"):
+    with pytest.raises(InputError, match=r"not an \.npz archive"):
         load_dataset(str(junk))
 
 

@@ -1,0 +1,119 @@
+"""What every subcommand shares: the help format, option values, and run-time helpers.
+
+Building the parser must stay light (``snnl --help`` answers without importing torch, numpy or
+ONNX Runtime), so the subcommand modules import the library only inside ``run``. The option
+values they offer at parse time are therefore restated here as plain constants;
+``tests/cli/test_help.py`` checks that each equals the library constant it mirrors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from snnl.errors import InputError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from snnl.model.detector import Detector
+
+# Mirrors of library constants (checked equal by the tests).
+DISTANCES: tuple[str, ...] = ("cosine", "euclidean")  # snnl.core.distances.DISTANCES
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # snnl.model.runtime.DEVICES
+ARCHS: tuple[str, ...] = ("mlp", "cnn1d")  # snnl.training.nets.ARCHS
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist1d")  # snnl.training.data
+DEFAULT_FACTOR = 1.0  # snnl.training.run.DEFAULT_FACTOR
+DEFAULT_TEMPERATURE = "learned"  # snnl.training.run.DEFAULT_TEMPERATURE
+NONCONFORMITY_KINDS: tuple[str, ...] = ("neighbor-mass", "neg-log-score")  # scoring.nonconformity
+DEFAULT_NONCONFORMITY = "neighbor-mass"  # snnl.build.assemble.DEFAULT_NONCONFORMITY
+DEFAULT_RULE = "class-perplexity:2"  # snnl.scoring.temperature_rule.DEFAULT_RULE
+DEFAULT_LAYER = "embedding"  # snnl.build.from_embeddings.DEFAULT_LAYER
+TRANSFORMS: tuple[str, ...] = ("invert", "scale=F", "shift=F", "permute")  # ood_sets
+REFERENCE_DTYPES: tuple[str, ...] = ("float32", "float16")  # snnl.model.reference
+
+NONCONFORMITY_HELP = (
+    "a(x) of the outlier flag: neighbor-mass (standardized soft-neighbor mass of the predicted "
+    "class, cosine and euclidean, every served layer) or neg-log-score (sum over layers of "
+    "-log s_l); see docs/method.md"
+)
+TEMPERATURE_RULE_HELP = (
+    "served temperature per layer: class-perplexity[:F], perplexity:P, min-snnl[:FLOOR] or a "
+    "number; see docs/method.md"
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every optional flag whose help does not state its default.
+
+    Required flags, positionals and flags whose default is None (meaning "not given") are left
+    alone; their help says what happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or not action.option_strings
+            or action.default in (None, argparse.SUPPRESS)
+            or isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type: "a,b, c" -> ["a", "b", "c"]; at least one name."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
+
+
+def class_ids(text: str) -> list[int]:
+    """argparse type: "0,1,2" -> [0, 1, 2]; at least one id."""
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class ids, got {text!r}"
+        ) from err
+    if not classes:
+        raise argparse.ArgumentTypeError("expected at least one class id")
+    return classes
+
+
+def dataset(text: str) -> str:
+    """argparse type: a built-in dataset name or a path to a ``.npz`` file."""
+    if text in BUILTIN_DATASETS or text.endswith(".npz") or Path(text).exists():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected {', '.join(BUILTIN_DATASETS)} or a .npz file, got {text!r}"
+    )
+
+
+def existing_repository(path: Path) -> Path:
+    """``path`` if it is a folder; InputError naming --repository otherwise."""
+    if not path.exists():
+        raise InputError(f"--repository {path}: no such folder")
+    if not path.is_dir():
+        raise InputError(f"--repository {path}: not a folder")
+    return path
+
+
+def load_detector(repository: Path, name: str, device: str) -> Detector:
+    """``Detector.load`` after checking that the repository folder exists."""
+    from snnl.model.detector import Detector
+
+    return Detector.load(existing_repository(repository), name, device=device)
+
+
+def progress_bar(total: int, desc: str, unit: str) -> tqdm[NoReturn]:
+    """A progress bar on stderr (use it as a context manager, ``update(n)`` per step of work);
+    it draws nothing when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None)
