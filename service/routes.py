@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
+from service.disconnect import unless_disconnected
 from service.errors import MalformedRequest, UnsupportedMediaType
 from service.payload import (
     JSON_MEDIA_TYPE,
@@ -150,7 +151,8 @@ async def score(
         alpha, neighbors = parsed.alpha, parsed.neighbors
     neighbors = check_neighbors(neighbors or 0, served.info.reference_size)
     request.state.batch_size = num_rows(samples)
-    result = await served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    submitted = served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    result = await unless_disconnected(request, submitted)
     return JSONResponse({"model": model, "version": served.version, "results": result.to_records()})
 
 
@@ -173,5 +175,5 @@ async def evaluate(model: str, request: Request, state: State) -> Response:
     n = num_rows(samples)
     request.state.batch_size = n
     labels = class_labels(parsed.labels, served.class_names, n)
-    evaluation = await served.evaluate(samples, labels)
+    evaluation = await unless_disconnected(request, served.evaluate(samples, labels))
     return JSONResponse({"model": model, "version": served.version, **evaluation})

@@ -224,8 +224,18 @@ class ServiceState:
         return [e.status() for _, e in sorted(self.entries.items()) if e.served is None]
 
     def index(self) -> list[ModelStatus]:
-        """Every model of the repository (and every unloaded one) with its state."""
-        return [e.status() for _, e in sorted(self.entries.items())]
+        """Every model known or now in the repository, with its state (one that appeared since
+        the last reload is UNAVAILABLE until loaded)."""
+        try:
+            present = list_models(self.settings.model_repository)
+        except RepositoryError:
+            present = []
+        statuses = {name: entry.status() for name, entry in self.entries.items()}
+        for name in present:
+            statuses.setdefault(
+                name, ModelStatus(name=name, state="UNAVAILABLE", reason="new: not loaded yet")
+            )
+        return [statuses[name] for name in sorted(statuses)]
 
     def begin_shutdown(self) -> None:
         """Turn readiness to 503 (requests are still served until the socket closes)."""
@@ -286,7 +296,9 @@ class ServiceState:
         async with self._lock:
             if name not in self.entries:
                 raise UnknownModel(f"model {name!r}: not in the repository")
-            await self._unload_entry(name, "unloaded (POST /v2/repository/models/{m}/load)")
+            await self._unload_entry(
+                name, f"unloaded (POST /v2/repository/models/{name}/load serves it again)"
+            )
             self.entries[name].unloaded = True
             return self.entries[name].status()
 

@@ -198,3 +198,12 @@ def test_a_repository_where_nothing_loads_is_not_ready(repository: Path, tmp_pat
         assert ready.status_code == 503
         assert "only: " in ready.json()["detail"] and "sha256" in ready.json()["detail"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_repository_control_is_off_without_api_keys(damaged: Server) -> None:
+    """An open service (no keys) cannot be emptied by whoever reaches it."""
+    with damaged.client() as client:
+        for path in ("/v1/admin/reload", "/v2/repository/models/blobs/unload"):
+            response = client.post(path)
+            assert response.status_code == 403
+            assert "SNNL_API_KEYS" in response.json()["detail"]
