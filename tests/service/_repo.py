@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snnl.model.repository import MANIFEST_FILE, sha256
+from snnl.model.manifest import MANIFEST_FILE
+from snnl.model.store import sha256
 
 Manifest = dict[str, Any]
 

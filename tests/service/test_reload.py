@@ -20,7 +20,7 @@ from _repo import clone
 from _server import API_KEY, HEADERS, Server, blob_embeddings, start_server
 
 from snnl.model.detector import Detector
-from snnl.model.repository import read_model_files, write_model
+from snnl.model.store import read_model_files, write_model
 
 SCORE = "/v1/models/blobs/score"
 

@@ -1,0 +1,151 @@
+"""The verified model store: a repository is one folder a model, each written atomically and read
+only when every file the manifest lists exists and matches its sha256.
+
+A folder is written atomically (a hidden temporary folder renamed into place). A repository is
+data, never code. The manifest schema and the file names: snnl.model.manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from snnl.errors import RepositoryError
+from snnl.model.manifest import MANIFEST_FILE, Manifest, check_name
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_model(repository: str | Path, manifest: Manifest, files: Mapping[str, bytes]) -> Manifest:
+    """Write ``files`` and the manifest (with their sha256 filled in) to ``repository/<name>``.
+
+    The folder is assembled in a hidden temporary folder and renamed into place, replacing a
+    previous version; readers never see a half-written model. Returns the written manifest.
+    """
+    repository = Path(repository)
+    name = check_name(manifest.name)
+    final = manifest.model_copy(update={"files": {f: sha256(b) for f, b in sorted(files.items())}})
+    final = Manifest.model_validate(final.model_dump())
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repository))
+    try:
+        for file, data in files.items():
+            (staging / file).write_bytes(data)
+        (staging / MANIFEST_FILE).write_text(final.to_json())
+        os.chmod(staging, 0o755)
+        target = repository / name
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=repository))
+            os.replace(target, retired / name)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final
+
+
+def list_models(repository: str | Path) -> list[str]:
+    """Names of the folders of ``repository`` that hold a manifest.json, sorted.
+
+    A folder whose manifest cannot even be looked at (no permission, a symlink loop) is listed
+    too, so that loading it fails with the reason instead of the model silently vanishing.
+    """
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {str(repository)!r} is not a directory")
+    return sorted(
+        p.name for p in repository.iterdir() if not p.name.startswith(".") and _has_manifest(p)
+    )
+
+
+def _has_manifest(folder: Path) -> bool:
+    """True when ``folder/manifest.json`` is a file, or cannot be looked at."""
+    return (folder / MANIFEST_FILE).is_file() or _unreadable(folder / MANIFEST_FILE)
+
+
+def manifest_fingerprint(repository: str | Path, name: str) -> str | None:
+    """sha256 of ``repository/<name>/manifest.json``, None when it cannot be read.
+
+    The manifest holds the sha256 of every other file, so a changed fingerprint means a changed
+    model (a folder written by :func:`write_model` changes in one rename).
+    """
+    try:
+        return sha256((Path(repository) / name / MANIFEST_FILE).read_bytes())
+    except OSError:
+        return None
+
+
+def load_manifest(repository: str | Path, name: str) -> Manifest:
+    """The validated manifest of ``repository/<name>``; RepositoryError names what is wrong."""
+    folder = Path(repository) / check_name(name)
+    path = folder / MANIFEST_FILE
+    if not path.is_file() and not _unreadable(path):
+        available = list_models(repository) if Path(repository).is_dir() else []
+        raise RepositoryError(
+            f"no model {name!r} in repository {str(repository)!r} "
+            f"(available: {', '.join(available) or 'none'})"
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(_read(path)))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as err:
+        lines = str(err).splitlines()
+        raise RepositoryError(f"{path}: invalid manifest ({'; '.join(lines[:3])})") from err
+    if manifest.name != name:
+        raise RepositoryError(f"{path}: manifest name {manifest.name!r} != folder name {name!r}")
+    if not manifest.files:
+        raise RepositoryError(f"{path}: the manifest lists no files")
+    return manifest
+
+
+def read_model_files(repository: str | Path, name: str) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its sha256."""
+    manifest = load_manifest(repository, name)
+    folder = Path(repository) / name
+    contents = {
+        file: read_verified(folder / file, digest) for file, digest in manifest.files.items()
+    }
+    return manifest, contents
+
+
+def read_verified(path: Path, digest: str) -> bytes:
+    """The bytes of ``path``; RepositoryError when it is missing or its sha256 is not ``digest``."""
+    if not path.is_file() and not _unreadable(path):
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    data = _read(path)
+    if sha256(data) != digest:
+        raise RepositoryError(
+            f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
+        )
+    return data
+
+
+def _unreadable(path: Path) -> bool:
+    """True when looking at ``path`` fails for another reason than its absence."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of ``path``; RepositoryError naming the file and the reason when unreadable."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise RepositoryError(f"{path}: cannot be read ({err.strerror or err})") from err
