@@ -82,7 +82,8 @@ class Tally:
     def __init__(self) -> None:
         self.codes: Counter[int] = Counter()
         self.latencies: list[float] = []
-        self.wrong = self.errors = self.done = 0
+        self.errors: Counter[str] = Counter()  # transport errors by type
+        self.wrong = self.done = 0
 
 
 async def send(client: httpx.AsyncClient, request: Request, tally: Tally) -> None:
@@ -91,8 +92,8 @@ async def send(client: httpx.AsyncClient, request: Request, tally: Tally) -> Non
         response = await client.post(
             request.url, content=request.body, headers={"Content-Type": request.content_type}
         )
-    except httpx.TransportError:
-        tally.errors += 1
+    except httpx.TransportError as err:
+        tally.errors[type(err).__name__] += 1
         return
     finally:
         tally.done += 1
@@ -198,8 +199,9 @@ def main() -> None:
           "| fds / 100k req |")  # fmt: skip
     print("|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---:|")
     others = ", ".join(f"{c}: {n}" for c, n in sorted(tally.codes.items()) if c != 200) or "none"
+    errors = ", ".join(f"{kind}: {n}" for kind, n in tally.errors.most_common()) or "none"
     print(f"| {tally.done} | {tally.done / (args.minutes * 60):.0f} | {tally.codes[200]} | "
-          f"{others} | {tally.errors} | {tally.wrong} | {np.percentile(latency, 50):.1f} | "
+          f"{others} | {errors} | {tally.wrong} | {np.percentile(latency, 50):.1f} | "
           f"{np.percentile(latency, 99):.1f} | {samples[0][1]:.0f} -> {samples[-1][1]:.0f} | "
           f"{growth_per_100k(samples, 1):+.1f} | {samples[0][2]} -> {samples[-1][2]} | "
           f"{growth_per_100k(samples, 2):+.1f} |")  # fmt: skip

@@ -269,7 +269,7 @@ class ServiceState:
                 if entry is not None and entry.unloaded:
                     continue
                 fingerprint = manifest_fingerprint(self.settings.model_repository, name)
-                if entry is None or fingerprint is None or fingerprint != entry.fingerprint:
+                if entry is None or fingerprint != entry.fingerprint:  # a failure is tried once
                     await self._load_entry(name)
             return self.index()
 
@@ -289,7 +289,7 @@ class ServiceState:
                 raise UnknownModel(f"model {name!r}: no {name}/manifest.json in the repository")
             entry = self.entries.setdefault(name, ModelEntry(name))
             entry.unloaded = False
-            await self._load_entry(name, again=True)
+            await self._load_entry(name)
             return entry.status()
 
     async def unload(self, name: str) -> ModelStatus:
@@ -322,7 +322,7 @@ class ServiceState:
             await asyncio.sleep(self.settings.repository_poll_s)
             await self.sync()
 
-    async def _load_entry(self, name: str, *, again: bool = False) -> None:
+    async def _load_entry(self, name: str) -> None:
         """Load ``name`` beside its serving version and swap it in; on failure keep the old
         version (if any) and record the reason. A repository that changes while loading is
         read again (the version loaded must be the one its manifest names)."""
