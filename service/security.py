@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from service.errors import MalformedRequest, TooLarge, Unauthorized
 from service.settings import check_key_strength
@@ -97,6 +98,15 @@ def _reason(err: Exception) -> str:
     if isinstance(err, OSError):
         return err.strerror or type(err).__name__
     return str(err)
+
+
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="Header 'Authorization: Bearer KEY'."
+)
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="api_key", description="Header 'X-API-Key'."
+)
+"""The two ways to present a key, as OpenAPI security schemes (either one is enough)."""
 
 
 def presented_key(request: Request) -> bytes | None:

@@ -126,7 +126,7 @@ def test_a_broken_new_version_never_serves_and_the_old_one_keeps_serving(
         assert "sha256 does not match" in index["blobs"]["reason"]
         load = client.post("/v2/repository/models/blobs/load")
         assert load.status_code == 503
-        assert "reference.safetensors: sha256 does not match" in load.json()["detail"]
+        assert "reference.safetensors: sha256 does not match" in load.json()["error"]
         x, _ = blob_embeddings(2, seed=4)
         score = client.post(SCORE, json={"embeddings": {"embedding": x.tolist()}})
         assert (score.status_code, score.json()["version"]) == (200, serving)
