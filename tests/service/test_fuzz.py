@@ -65,7 +65,7 @@ def test_generated_requests_get_no_5xx_and_conforming_answers(
             response = case.call_and_validate(headers=HEADERS, excluded_checks=NOT_CHECKED)
             assert response.status_code < 500, response.text
             assert API_KEY not in response.text
-            if response.status_code in (200, 422):  # past routing, auth and the model lookup
+            if response.status_code not in (401, 404, 405):  # past auth and the model lookup
                 reached.add(case.operation.label)
 
         check()
