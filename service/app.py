@@ -3,13 +3,21 @@
 One process serves one repository on one device: every model is loaded once (its reference set in
 device memory once), each gets one scoring thread fed by its ``DynamicBatcher``, and the event
 loop only parses, validates and answers. Scale out with more replicas, one per device.
+
+Signals: SIGTERM turns ``/readyz`` to 503 at once and keeps serving for ``shutdown_drain_s`` (load
+balancers stop sending), then closes the listening socket, lets accepted requests finish for at
+most ``shutdown_grace_s`` and exits 0. SIGINT (Ctrl-C) skips the drain; a second signal stops
+waiting. SIGHUP re-reads the API keys file and reloads the models that changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import time
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager, contextmanager
+from types import FrameType
 
 import torch
 from fastapi import FastAPI
@@ -17,6 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from prometheus_client import disable_created_metrics
 
+from service.admin import admin, repository
 from service.docs import install_docs, operation_id
 from service.errors import install_error_handlers
 from service.http import InFlightMiddleware, RequestDecompressionMiddleware
@@ -45,6 +54,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     _configure_process(state.settings)
     loading = asyncio.create_task(state.load_all(), name="snnl-load-models")
+    state.watch()
     try:
         yield
     finally:
@@ -82,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.service = state
     install_error_handlers(app)
-    for router in (probes, v1, v2_probes, v2):
+    for router in (probes, v1, v2_probes, v2, repository, admin):
         app.include_router(router)
     install_docs(app, body_models=(InferRequest,))
     # Outermost last: request log + metrics, in-flight gauge, CORS, gzip responses, inflate bodies.
@@ -104,15 +114,54 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def run(settings: Settings) -> None:
-    """Serve with uvicorn in this process (one worker: see the module docstring)."""
+    """Serve with uvicorn in this process (one worker: see the module docstring); returns after
+    a signal once the accepted requests are done, so the process exits 0."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    state: ServiceState = app.state.service
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
     )
+
+    class Server(uvicorn.Server):
+        drain_until: float | None = None
+
+        @contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            loop = asyncio.get_running_loop()
+            previous = signal.signal(
+                signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(state.hangup)
+            )
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Not re-raised after the shutdown (uvicorn's default): the process exits 0.
+            state.begin_shutdown()
+            if self.should_exit:
+                self.force_exit = True
+            elif sig == signal.SIGTERM and self.drain_until is None and settings.shutdown_drain_s:
+                self.drain_until = time.monotonic() + settings.shutdown_drain_s
+            else:
+                self.should_exit = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_until is not None and time.monotonic() >= self.drain_until:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    server = Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)

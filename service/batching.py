@@ -91,6 +91,11 @@ class DynamicBatcher(Generic[R]):
         """Samples waiting in the queue (not counting the batch being scored)."""
         return self._queued_samples
 
+    @property
+    def idle(self) -> bool:
+        """True when nothing is queued, scoring or pending (a retired batcher may stop)."""
+        return not self._queue and not self._running and self._call_samples == 0
+
     def start(self) -> None:
         """Start the collector task on the running event loop."""
         self._arrived = asyncio.Event()

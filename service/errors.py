@@ -45,6 +45,12 @@ class Unauthorized(ServiceError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ServiceError):
+    """An operation that is off in this configuration (admin endpoints without API keys)."""
+
+    status = 403
+
+
 class UnknownModel(ServiceError):
     """The path names a model that the repository does not hold."""
 

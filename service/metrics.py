@@ -9,6 +9,7 @@ interpreter version) collectors, the in-flight request gauge and ``snnl_build_in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -131,6 +132,17 @@ class ServiceMetrics:
         self.samples_scored.labels(model)
         self.outliers.labels(model)
         self.queue_depth.labels(model).set(0)
+
+    def forget_version(self, model: str, version: str, device: str, backend: str) -> None:
+        """A replaced or unloaded version no longer shows in ``snnl_model_info``."""
+        with contextlib.suppress(KeyError):
+            self.model_info.remove(model, version, device, backend)
+
+    def forget_model(self, model: str, reference_sizes: Mapping[str, int]) -> None:
+        """An unloaded model's gauges go (its counters stay: they only ever grow)."""
+        for layer in reference_sizes:
+            with contextlib.suppress(KeyError):
+                self.reference_points.remove(model, layer)
 
     def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
         """One finished HTTP request."""

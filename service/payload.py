@@ -49,7 +49,7 @@ def parse_json_object(body: bytes, schema: type[BaseModel]) -> Any:
     """``body`` parsed as JSON (else 400), validated by ``schema`` (else 422 naming the field)."""
     try:
         value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:  # also UnicodeDecodeError, and integers over 4300 digits
         raise MalformedRequest(f"body: not valid JSON ({err})") from err
     except RecursionError as err:
         raise MalformedRequest("body: JSON nested too deeply") from err

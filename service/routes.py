@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
+from service.disconnect import unless_disconnected
 from service.errors import MalformedRequest, UnsupportedMediaType
 from service.payload import (
     JSON_MEDIA_TYPE,
@@ -91,17 +92,19 @@ v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_
 
 
 @probes.get("/healthz", name="healthz", summary="Liveness")
-async def healthz(state: State) -> dict[str, str]:
-    """200 while the process is sound; 503 once loading the repository has failed."""
-    state.raise_if_failed()
+async def healthz() -> dict[str, str]:
+    """200 while the process answers (a model that cannot be loaded is reported by /readyz)."""
     return {"status": "ok"}
 
 
 @probes.get("/readyz", name="readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})
 async def readyz(state: State) -> dict[str, Any]:
-    """200 once every model is loaded and warmed up, else 503."""
+    """200 once the repository is loaded and at least one model serves; the models that could
+    not be loaded are listed under ``unavailable`` with the reason. 503 while loading, when no
+    model serves, and once shutting down."""
     state.raise_if_not_ready()
-    return {"status": "ready", "models": sorted(state.models)}
+    unavailable = [status.model_dump() for status in state.unavailable()]
+    return {"status": "ready", "models": list(state.models), "unavailable": unavailable}
 
 
 @probes.get("/metrics", name="metrics", summary="Prometheus metrics", include_in_schema=False)
@@ -115,7 +118,9 @@ async def metrics(request: Request, state: State) -> Response:
 async def list_models(state: State) -> ModelList:
     """Every model: name, version, input shape, layers, classes, reference size."""
     state.raise_if_not_ready()
-    return ModelList(models=[served.info for served in state.models.values()])
+    return ModelList(
+        models=[served.info for served in state.models.values()], unavailable=state.unavailable()
+    )
 
 
 @v1.get("/models/{model}", name="model", response_model=ModelDetail, responses=ERROR_RESPONSES)
@@ -147,6 +152,7 @@ async def score(
     served = state.served(model)
     kind = media_type(request.headers.get("content-type"))
     body = await read_body(request, state.settings.max_request_bytes)
+    served = state.served(model)  # the version serving now: no await from here to the queue
     if kind == NPY_MEDIA_TYPE:
         samples = npy_batch(parse_npy(body), served.spec)
     else:
@@ -157,7 +163,8 @@ async def score(
         alpha, neighbors = parsed.alpha, parsed.neighbors
     neighbors = check_neighbors(neighbors or 0, served.info.reference_size)
     request.state.batch_size = num_rows(samples)
-    result = await served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    submitted = served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    result = await unless_disconnected(request, submitted)
     return JSONResponse({"model": model, "version": served.version, "results": result.to_records()})
 
 
@@ -174,10 +181,11 @@ async def evaluate(model: str, request: Request, state: State) -> Response:
     if media_type(request.headers.get("content-type")) != JSON_MEDIA_TYPE:
         raise UnsupportedMediaType("header Content-Type: evaluate takes application/json")
     body = await read_body(request, state.settings.max_request_bytes)
+    served = state.served(model)  # the version serving now: no await from here to the queue
     parsed: EvaluateRequest = parse_json_object(body, EvaluateRequest)
     samples = model_batch(parsed.inputs, parsed.embeddings, served.spec)
     n = num_rows(samples)
     request.state.batch_size = n
     labels = class_labels(parsed.labels, served.class_names, n)
-    evaluation = await served.evaluate(samples, labels)
+    evaluation = await unless_disconnected(request, served.evaluate(samples, labels))
     return JSONResponse({"model": model, "version": served.version, **evaluation})

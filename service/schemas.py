@@ -3,7 +3,7 @@ are a real request to and response from the committed ``digits-mlp`` model (serv
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -139,10 +139,27 @@ class ModelInfo(BaseModel):
     backend: str
 
 
+class ModelStatus(BaseModel):
+    """A model of the repository and whether it serves: ``READY``, ``LOADING``, ``UNAVAILABLE``
+    (failed to load: ``reason`` names the file and what is wrong; or unloaded)."""
+
+    name: str
+    version: str | None = None
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str = ""
+
+
+class RepositoryIndex(BaseModel):
+    """Every model of the repository with its state, after a reload."""
+
+    models: list[ModelStatus]
+
+
 class ModelList(BaseModel):
-    """Every loaded model."""
+    """Every loaded model, and the models of the repository that do not serve (with why)."""
 
     models: list[ModelInfo]
+    unavailable: list[ModelStatus] = []
 
 
 class CalibrationSummary(BaseModel):

@@ -54,6 +54,32 @@ class Settings(BaseSettings):
         description="Comma-separated API keys; when set, /v1/* needs one as "
         "'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of API keys, one a line ('#' comments); re-read when it changes and "
+        "on SIGHUP, so keys rotate without a restart. Its keys add to api_keys.",
+    )
+    shutdown_drain_s: float = Field(
+        5.0,
+        ge=0.0,
+        le=600.0,
+        description="On SIGTERM, how long /readyz answers 503 while requests are still served "
+        "(load balancers stop sending), before the listening socket closes.",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        gt=0.0,
+        le=3600.0,
+        description="After the socket closes, how long accepted requests may take to finish "
+        "before they are cancelled and the process exits.",
+    )
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=86400.0,
+        description="Every so many seconds, reload models that were added, changed or removed "
+        "in the repository (0: only on SIGHUP or POST /v1/admin/reload).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the JSON log lines."
     )
@@ -100,18 +126,15 @@ class Settings(BaseSettings):
     def _strong_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         """Refuse guessable keys and keys with whitespace or commas."""
         for key in keys:
-            secret = key.get_secret_value()
-            if len(secret) < MIN_API_KEY_LENGTH:
-                raise ValueError(f"each API key needs at least {MIN_API_KEY_LENGTH} characters")
-            if (
-                any(ch.isspace() or ch == "," for ch in secret)
-                or not secret.isprintable()
-                or not secret.isascii()  # HTTP headers arrive as latin-1: compare ASCII only
-            ):
-                raise ValueError(
-                    "API keys may not contain whitespace, commas, control or non-ASCII characters"
-                )
+            check_key_strength(key.get_secret_value())
         return keys
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_is_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a file")
+        return path
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -142,6 +165,20 @@ class Settings(BaseSettings):
     def api_key_bytes(self) -> tuple[bytes, ...]:
         """The configured keys as bytes, for constant-time comparison."""
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
+
+
+def check_key_strength(secret: str) -> None:
+    """ValueError (that never quotes the key) for a guessable or ill-formed API key."""
+    if len(secret) < MIN_API_KEY_LENGTH:
+        raise ValueError(f"each API key needs at least {MIN_API_KEY_LENGTH} characters")
+    if (
+        any(ch.isspace() or ch == "," for ch in secret)
+        or not secret.isprintable()
+        or not secret.isascii()  # HTTP headers arrive as latin-1: compare ASCII only
+    ):
+        raise ValueError(
+            "API keys may not contain whitespace, commas, control or non-ASCII characters"
+        )
 
 
 def setting_flag(name: str) -> str:

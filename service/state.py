@@ -1,17 +1,31 @@
-"""What the running service holds: each loaded model with its batcher, and readiness.
+"""What the running service holds: each model of the repository, its state, and readiness.
 
 Loading happens after the server starts listening (``load_all``, run by the app's lifespan), so
-``/healthz`` answers at once and ``/readyz`` turns 200 only when every model of the repository is
-loaded and warmed up by real scoring calls in its own scoring thread.
+``/healthz`` answers at once. Each model is loaded, checked and warmed up by real scoring calls in
+its own scoring thread before it serves; a model that fails is refused on its own (one log line
+naming the file and the reason; requests to it get 503 with that reason) and the others serve.
+
+Readiness: ``/readyz`` is 200 once the first load of the repository is done and at least one model
+serves; the models that could not be loaded are listed in its body (and in ``GET /v1/models``),
+so one bad folder on a shared volume does not take every replica out of its load balancer. It is
+503 while loading, when no model serves, and from the moment a shutdown starts.
+
+Reload (``sync``: on SIGHUP, ``POST /v1/admin/reload``, every ``repository_poll_s``; ``load`` and
+``unload`` for one model): a model whose manifest changed (its sha256; the manifest holds the
+sha256 of every other file) is loaded and warmed up beside the serving version, then swapped in
+one step on the event loop: requests resolved before the swap finish on the old version, later
+ones get the new one, and the old batcher stops once its queue is empty. A version that fails to
+load never serves; the previous one, if any, keeps serving and the failure is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,14 +33,15 @@ from service.batching import DynamicBatcher
 from service.errors import Unavailable, UnknownModel
 from service.metrics import ServiceMetrics
 from service.payload import InputSpec
-from service.schemas import CalibrationSummary, LayerInfo, ModelInfo
+from service.schemas import CalibrationSummary, LayerInfo, ModelInfo, ModelStatus
+from service.security import ApiKeys
 from service.settings import Settings
 from service.worker import ScoreFn
-from snnl.errors import RepositoryError
+from snnl.errors import InputError, RepositoryError
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
-from snnl.model.store import list_models
+from snnl.model.store import list_models, manifest_fingerprint
 from snnl.scoring.batch import Samples, slice_rows
 from snnl.scoring.results import ScoreResult
 
@@ -43,6 +58,10 @@ class ServedModel:
     info: ModelInfo
     manifest: dict[str, Any]
     calibration: CalibrationSummary
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
 
     @property
     def version(self) -> str:
@@ -117,68 +136,251 @@ def _describe(detector: Detector) -> tuple[ModelInfo, CalibrationSummary]:
     return info, calibration
 
 
+@dataclass
+class ModelEntry:
+    """One model of the repository: the version that serves (if any) and why it does not."""
+
+    name: str
+    served: ServedModel | None = None
+    loading: bool = False
+    reason: str = ""
+    fingerprint: str | None = None  # manifest sha256 of the served version or the failed one
+    unloaded: bool = False  # unloaded on request: repository syncs leave it alone
+
+    def status(self) -> ModelStatus:
+        """READY while a version serves (even while a new one loads), else LOADING or
+        UNAVAILABLE with the reason."""
+        state: Literal["READY", "LOADING", "UNAVAILABLE"] = (
+            "READY" if self.served else "LOADING" if self.loading else "UNAVAILABLE"
+        )
+        version = self.served.version if self.served else None
+        return ModelStatus(name=self.name, version=version, state=state, reason=self.reason)
+
+
 class ServiceState:
-    """The models of one repository, their batchers, and whether the service is ready."""
+    """The models of one repository, their batchers, API keys, and whether the service is ready."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.api_keys = settings.api_key_bytes()
-        self.names: tuple[str, ...] = tuple(list_models(settings.model_repository))
-        if not self.names:
+        try:
+            self.keys = ApiKeys(settings.api_key_bytes(), settings.api_keys_file)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"setting api_keys_file (SNNL_API_KEYS_FILE): {err}") from None
+        names = list_models(settings.model_repository)
+        if not names:
             raise RepositoryError(
                 f"model repository {str(settings.model_repository)!r} holds no model "
                 "(no <name>/manifest.json)"
             )
         resolve_device(settings.device)  # fail at start-up, not in the background load
-        self.models: dict[str, ServedModel] = {}
-        self.ready = False
-        self.failure: str | None = None
+        self.entries: dict[str, ModelEntry] = {name: ModelEntry(name) for name in names}
+        self.started = False  # the first load of the repository is done
+        self.shutting_down = False
+        self._lock = asyncio.Lock()  # one load, unload or sync at a time
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def api_keys(self) -> tuple[bytes, ...]:
+        """The API keys accepted now (the keys file is re-read when it changes)."""
+        return self.keys.current()
+
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        """The models that serve now, by name."""
+        return {n: e.served for n, e in sorted(self.entries.items()) if e.served is not None}
 
     def knows(self, name: str) -> bool:
         """True when ``name`` is a model of the repository (loaded or not)."""
-        return name in self.names
+        return name in self.entries
 
     def served(self, name: str) -> ServedModel:
-        """The loaded model; 404 if the repository has no such model, 503 while loading."""
-        if name not in self.names:
+        """The version of ``name`` that serves now; 404 if the repository has no such model,
+        503 while it loads or when it cannot be loaded (with the reason)."""
+        entry = self.entries.get(name)
+        if entry is None:
             raise UnknownModel(
-                f"model {name!r}: not in the repository (models: {', '.join(self.names)})"
+                f"model {name!r}: not in the repository (models: {', '.join(self.entries)})"
             )
-        self.raise_if_not_ready()
-        return self.models[name]
-
-    def raise_if_failed(self) -> None:
-        """503 when loading failed (the process cannot serve; let the orchestrator restart it)."""
-        if self.failure is not None:
-            raise Unavailable(f"loading the repository failed: {self.failure}", retry_after=60)
+        if entry.served is not None:
+            return entry.served
+        if entry.loading or not self.started:
+            raise Unavailable(f"not ready: model {name!r} is loading")
+        raise Unavailable(f"model {name!r}: unavailable: {entry.reason}", retry_after=30)
 
     def raise_if_not_ready(self) -> None:
-        """503 until every model is loaded and warmed up."""
-        self.raise_if_failed()
-        if not self.ready:
+        """503 while shutting down, before the first load is done, and when no model serves."""
+        if self.shutting_down:
+            raise Unavailable("not ready: the service is shutting down")
+        if not self.started:
             raise Unavailable(
-                f"not ready: {len(self.models)} of {len(self.names)} models loaded and warmed up"
+                f"not ready: {len(self.models)} of {len(self.entries)} models loaded and warmed up"
             )
+        if not self.models:
+            reasons = "; ".join(f"{e.name}: {e.reason}" for e in self.entries.values())
+            raise Unavailable(f"not ready: no model serves ({reasons})", retry_after=30)
+
+    def unavailable(self) -> list[ModelStatus]:
+        """The models of the repository that do not serve, with why."""
+        return [e.status() for _, e in sorted(self.entries.items()) if e.served is None]
+
+    def index(self) -> list[ModelStatus]:
+        """Every model known or now in the repository, with its state (one that appeared since
+        the last reload is UNAVAILABLE until loaded)."""
+        try:
+            present = list_models(self.settings.model_repository)
+        except RepositoryError:
+            present = []
+        statuses = {name: entry.status() for name, entry in self.entries.items()}
+        for name in present:
+            statuses.setdefault(
+                name, ModelStatus(name=name, state="UNAVAILABLE", reason="new: not loaded yet")
+            )
+        return [statuses[name] for name in sorted(statuses)]
+
+    def begin_shutdown(self) -> None:
+        """Turn readiness to 503 (requests are still served until the socket closes)."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            logger.info("shutting down: readiness now 503")
 
     async def load_all(self) -> None:
         """Load, warm up and publish every model, one after the other; then turn ready."""
+        async with self._lock:
+            for name in list(self.entries):
+                await self._load_entry(name)
+            self.started = True
+        logger.info("ready", extra={"fields": {"models": list(self.models)}})
+
+    async def sync(self) -> list[ModelStatus]:
+        """Follow the repository: load added and changed models, unload removed ones (models
+        unloaded on request stay unloaded); the index afterwards."""
+        async with self._lock:
+            try:
+                present = list_models(self.settings.model_repository)
+            except RepositoryError as err:
+                logger.error("repository not reloaded", extra={"fields": {"error": str(err)}})
+                return self.index()
+            for name in [n for n in self.entries if n not in present]:
+                await self._unload_entry(name, "removed from the repository")
+                del self.entries[name]
+            for name in present:
+                entry = self.entries.get(name)
+                if entry is not None and entry.unloaded:
+                    continue
+                fingerprint = manifest_fingerprint(self.settings.model_repository, name)
+                if entry is None or fingerprint != entry.fingerprint:  # a failure is tried once
+                    await self._load_entry(name)
+            return self.index()
+
+    async def reload(self) -> list[ModelStatus]:
+        """Re-read the API keys file and follow the repository (SIGHUP, the admin endpoint)."""
+        self.keys.refresh()
+        return await self.sync()
+
+    async def load(self, name: str) -> ModelStatus:
+        """(Re)load one model from the repository, also one unloaded before; its status."""
+        async with self._lock:
+            try:
+                present = list_models(self.settings.model_repository)
+            except RepositoryError as err:
+                raise Unavailable(str(err), retry_after=30) from None
+            if name not in present:
+                raise UnknownModel(f"model {name!r}: no {name}/manifest.json in the repository")
+            entry = self.entries.setdefault(name, ModelEntry(name))
+            entry.unloaded = False
+            await self._load_entry(name)
+            return entry.status()
+
+    async def unload(self, name: str) -> ModelStatus:
+        """Stop serving ``name`` (in-flight requests finish) until it is loaded again."""
+        async with self._lock:
+            if name not in self.entries:
+                raise UnknownModel(f"model {name!r}: not in the repository")
+            await self._unload_entry(
+                name, f"unloaded (POST /v2/repository/models/{name}/load serves it again)"
+            )
+            self.entries[name].unloaded = True
+            return self.entries[name].status()
+
+    def watch(self) -> None:
+        """Start following the repository every ``repository_poll_s`` seconds (0: never)."""
+        if self.settings.repository_poll_s > 0:
+            self._spawn(self._poll(), "snnl-poll-repository")
+
+    def hangup(self) -> None:
+        """SIGHUP: reload keys and repository in the background (one log line each)."""
+        self._spawn(self.reload(), "snnl-reload")
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_s)
+            await self.sync()
+
+    async def _load_entry(self, name: str) -> None:
+        """Load ``name`` beside its serving version and swap it in; on failure keep the old
+        version (if any) and record the reason. A repository that changes while loading is
+        read again (the version loaded must be the one its manifest names)."""
+        entry = self.entries.setdefault(name, ModelEntry(name))
+        repository = self.settings.model_repository
+        entry.loading = True
+        fingerprint = manifest_fingerprint(repository, name)
         try:
-            for name in self.names:
-                self.models[name] = await self._load(name)
-                logger.info("model ready", extra={"fields": {"model": name}})
+            for _ in range(3):
+                new = await self._load(name)
+                after = manifest_fingerprint(repository, name)
+                if after == fingerprint:
+                    break
+                await new.batcher.stop()
+                fingerprint = after
+            else:
+                raise RepositoryError(f"{repository / name}: changed during every load attempt")
         except Exception as err:
-            self.failure = str(err)
-            logger.error("loading failed", extra={"fields": {"error": str(err)}})
+            entry.fingerprint, entry.reason = fingerprint, str(err)
+            kept = entry.served.version if entry.served else None
+            logger.error(
+                "model refused",
+                extra={"fields": {"model": name, "error": str(err), "serving_version": kept}},
+            )
             return
-        self.ready = True
-        logger.info("ready", extra={"fields": {"models": list(self.names)}})
+        finally:
+            entry.loading = False
+        old, entry.served = entry.served, new
+        entry.fingerprint, entry.reason = fingerprint, ""
+        logger.info("model ready", extra={"fields": {"model": name, "version": new.version}})
+        if old is not None:
+            await self._retire(old)
+
+    async def _unload_entry(self, name: str, reason: str) -> None:
+        entry = self.entries[name]
+        old, entry.served = entry.served, None
+        entry.reason, entry.fingerprint = reason, None
+        if old is not None:
+            await self._retire(old)
+            self.metrics.forget_model(name, old.detector.reference_sizes)
+        logger.info("model unloaded", extra={"fields": {"model": name, "reason": reason}})
+
+    async def _retire(self, old: ServedModel) -> None:
+        """Stop ``old``'s batcher once the requests it accepted are done (at most the request
+        timeout: later they would have failed anyway)."""
+        deadline = time.monotonic() + self.settings.request_timeout_s + 1.0
+        while not old.batcher.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await old.batcher.stop()
+        detector = old.detector
+        self.metrics.forget_version(old.name, old.version, detector.device, detector.backend)
 
     async def _load(self, name: str) -> ServedModel:
         s = self.settings
         detector = await asyncio.to_thread(
             Detector.load, s.model_repository, name, device=s.device, threads=s.scoring_threads
         )
+        info, calibration = _describe(detector)
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
             name,
             _score_call(detector),
@@ -196,7 +398,6 @@ class ServiceState:
         except BaseException:
             await batcher.stop()
             raise
-        info, calibration = _describe(detector)
         self.metrics.register_model(
             name, detector.version, detector.device, detector.backend, detector.reference_sizes
         )
@@ -210,6 +411,9 @@ class ServiceState:
         )
 
     async def close(self) -> None:
-        """Stop every batcher (waiting requests get 503)."""
+        """Stop the background reloads and every batcher (waiting requests get 503)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for served in self.models.values():
             await served.batcher.stop()

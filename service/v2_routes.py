@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.disconnect import unless_disconnected
 from service.errors import InvalidInput, MalformedRequest, UnknownModel
 from service.payload import npy_batch
 from service.routes import State, require_api_key
@@ -68,9 +69,8 @@ v2 = APIRouter(
 
 
 @v2_probes.get("/health/live", name="v2_live", summary="Server live")
-async def server_live(state: State) -> dict[str, bool]:
-    """200 while the process is sound (as ``/healthz``)."""
-    state.raise_if_failed()
+async def server_live() -> dict[str, bool]:
+    """200 while the process answers (as ``/healthz``)."""
     return {"live": True}
 
 
@@ -142,17 +142,17 @@ async def infer(model: str, request: Request, state: State) -> Response:
     with ``parameters.binary_data_size`` follow it. Outputs come back as binary data when asked
     (``outputs[].parameters.binary_data`` or ``parameters.binary_data_output``).
     """
-    served = state.served(model)
+    state.served(model)  # 404 / 503 before reading the body
     body = await read_body(request, state.settings.max_request_bytes)
+    served = state.served(model)  # the version serving now: no await from here to the queue
     decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
     parsed = decoded.request
     samples = _samples(decoded.tensors, served)
     neighbors = check_neighbors(parsed.parameters.neighbors, served.info.reference_size)
     wanted = _requested(parsed, neighbors)
     request.state.batch_size = num_rows(samples)
-    result = await served.batcher.submit(
-        samples, alpha=parsed.parameters.alpha, neighbors=neighbors
-    )
+    submitted = served.batcher.submit(samples, alpha=parsed.parameters.alpha, neighbors=neighbors)
+    result = await unless_disconnected(request, submitted)
     head = {"model_name": model, "model_version": served.version}
     if parsed.id is not None:
         head["id"] = parsed.id

@@ -58,29 +58,48 @@ def write_model(repository: str | Path, manifest: Manifest, files: Mapping[str, 
 
 
 def list_models(repository: str | Path) -> list[str]:
-    """Names of the folders of ``repository`` that hold a manifest.json, sorted."""
+    """Names of the folders of ``repository`` that hold a manifest.json, sorted.
+
+    A folder whose manifest cannot even be looked at (no permission, a symlink loop) is listed
+    too, so that loading it fails with the reason instead of the model silently vanishing.
+    """
     repository = Path(repository)
     if not repository.is_dir():
         raise RepositoryError(f"model repository {str(repository)!r} is not a directory")
     return sorted(
-        p.name
-        for p in repository.iterdir()
-        if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+        p.name for p in repository.iterdir() if not p.name.startswith(".") and _has_manifest(p)
     )
+
+
+def _has_manifest(folder: Path) -> bool:
+    """True when ``folder/manifest.json`` is a file, or cannot be looked at."""
+    return (folder / MANIFEST_FILE).is_file() or _unreadable(folder / MANIFEST_FILE)
+
+
+def manifest_fingerprint(repository: str | Path, name: str) -> str | None:
+    """sha256 of ``repository/<name>/manifest.json``, None when it cannot be read.
+
+    The manifest holds the sha256 of every other file, so a changed fingerprint means a changed
+    model (a folder written by :func:`write_model` changes in one rename).
+    """
+    try:
+        return sha256((Path(repository) / name / MANIFEST_FILE).read_bytes())
+    except OSError:
+        return None
 
 
 def load_manifest(repository: str | Path, name: str) -> Manifest:
     """The validated manifest of ``repository/<name>``; RepositoryError names what is wrong."""
     folder = Path(repository) / check_name(name)
     path = folder / MANIFEST_FILE
-    if not path.is_file():
+    if not path.is_file() and not _unreadable(path):
         available = list_models(repository) if Path(repository).is_dir() else []
         raise RepositoryError(
             f"no model {name!r} in repository {str(repository)!r} "
             f"(available: {', '.join(available) or 'none'})"
         )
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text()))
+        manifest = Manifest.model_validate(json.loads(_read(path)))
     except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as err:
         lines = str(err).splitlines()
         raise RepositoryError(f"{path}: invalid manifest ({'; '.join(lines[:3])})") from err
@@ -103,11 +122,30 @@ def read_model_files(repository: str | Path, name: str) -> tuple[Manifest, dict[
 
 def read_verified(path: Path, digest: str) -> bytes:
     """The bytes of ``path``; RepositoryError when it is missing or its sha256 is not ``digest``."""
-    if not path.is_file():
+    if not path.is_file() and not _unreadable(path):
         raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
-    data = path.read_bytes()
+    data = _read(path)
     if sha256(data) != digest:
         raise RepositoryError(
             f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
         )
     return data
+
+
+def _unreadable(path: Path) -> bool:
+    """True when looking at ``path`` fails for another reason than its absence."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of ``path``; RepositoryError naming the file and the reason when unreadable."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise RepositoryError(f"{path}: cannot be read ({err.strerror or err})") from err

@@ -64,7 +64,7 @@ def test_healthz_and_readyz(server: Server) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "models": ["blobs", "digits-mlp"]}
+    assert ready.json() == {"status": "ready", "models": ["blobs", "digits-mlp"], "unavailable": []}
 
 
 def test_list_models(server: Server, detector: Detector) -> None:
