@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run of the scoring benchmarks, for a machine with an NVIDIA GPU (written for the H200 that
-# the device tool sometimes lends; not run yet: no GPU was lent to the task that wrote it).
+# GPU run of the scoring benchmarks, for a machine with an NVIDIA GPU (written for an H200; it has
+# not been run on a GPU yet).
 #
 #   bench/gpu.sh                 # from the repository root; results in bench/results/gpu/
 #

@@ -1,4 +1,4 @@
-"""The SPEC §6 metrics, read from the running server's /metrics and moving as requests arrive."""
+"""The documented metrics (docs/service.md), read from the running server's /metrics and moving as requests arrive."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from snnl.model.detector import Detector
 SCORE = "/v1/models/digits-mlp/score"
 MODEL = {"model": "digits-mlp"}
 
-# SPEC §6: family name (as the parser reports it), type, label names.
-SPEC = {
+# The documented metrics: family name (as the parser reports it), type, label names.
+DOCUMENTED = {
     "snnl_requests": ("counter", {"model", "endpoint", "code"}),
     "snnl_request_duration_seconds": ("histogram", {"model", "endpoint"}),
     "snnl_queue_wait_seconds": ("histogram", {"model"}),
@@ -62,8 +62,8 @@ def test_every_metric_of_the_spec_with_its_type_and_labels(server: Server) -> No
     families = {
         f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("snnl_")
     }
-    assert set(families) == set(SPEC)
-    for name, (kind, labels) in SPEC.items():
+    assert set(families) == set(DOCUMENTED)
+    for name, (kind, labels) in DOCUMENTED.items():
         family = families[name]
         assert family.type == kind, name
         for sample in family.samples:

@@ -1,4 +1,4 @@
-"""The batch SNNL and masked logsumexp against slow float64 loops of the formulas (SPEC §2)."""
+"""The batch SNNL and masked logsumexp against slow float64 loops of the formulas (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def slow_logsumexp(values: list[float]) -> float:
 
 
 def slow_snnl(x: np.ndarray, y: np.ndarray, temperature: float, distance: str, eps: float = 0.0):
-    """SPEC §2 term by term: l_i = lse_{k!=i}(-D_ik/T) - lse_{j!=i, y_j=y_i}(-D_ij/T), or with
+    """Term by term: l_i = lse_{k!=i}(-D_ik/T) - lse_{j!=i, y_j=y_i}(-D_ij/T), or with
     eps the bounded -log(eps + p_i); the mean over rows with a partner (None if there is none)."""
     rows = [list(map(float, r)) for r in np.asarray(x, dtype=np.float64).reshape(len(x), -1)]
     terms = []

@@ -1,4 +1,4 @@
-"""Optimal temperature, entanglement and annealing (SPEC §2)."""
+"""Optimal temperature, entanglement and annealing (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_optimal_temperature_agrees_with_entanglement_and_accepts_tensors() -> N
 
 
 def test_clean_layer_collapses_to_the_lower_bound() -> None:
-    # Perfectly separated, tight clusters: SNNL keeps falling as T -> 0 (RESEARCH §3).
+    # Perfectly separated, tight clusters: SNNL keeps falling as T -> 0.
     x, y = overlapping_clusters(60, 3, spread=1e-3)
     t_star, value = entanglement(x, y, bounds=(1e-3, 1e3))
     assert t_star == pytest.approx(1e-3, rel=1e-6)
