@@ -38,6 +38,7 @@ from snnl.scoring.conformal import nonconformity as neg_log_score
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+from snnl.sharding.scorer import ShardedScorer
 
 __all__ = ["Detector", "ForwardOutput", "ScoreResult"]
 
@@ -59,6 +60,7 @@ class Detector:
         device: torch.device,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         reference_path: Path | None = None,
+        scorer: ShardedScorer | None = None,
     ) -> None:
         self.manifest = manifest
         self.calibration = calibration
@@ -70,6 +72,10 @@ class Detector:
         self.reference_labels: np.ndarray = reference.labels.cpu().numpy()
         self.reference_sizes: dict[str, int] = {name: reference.size for name in self.layers}
         self._dims = {name: layer.dim for name, layer in specs.items()}
+        self._scorer: SoftNeighborScorer | ShardedScorer
+        if scorer is not None:  # the reference rows are held elsewhere (snnl.sharding)
+            self._scorer = scorer
+            return
         spec = manifest.nonconformity
         terms = spec.terms if isinstance(spec, NeighborMass) else []
         self._scorer = SoftNeighborScorer(
@@ -91,19 +97,44 @@ class Detector:
         *,
         threads: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        shards: int = 0,
+        backend: str = "ray",
+        ray_address: str | None = None,
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
-        ``threads``: ONNX Runtime intra-op threads (None: its default). RepositoryError names a
-        missing, tampered or malformed file.
+        ``threads``: ONNX Runtime intra-op threads (None: its default). ``shards`` >= 1 splits
+        every layer's reference rows into that many shards held by actors of ``backend`` ("ray",
+        the only one) at ``ray_address`` (None: a private local cluster, or the one in
+        ``RAY_ADDRESS``; "auto" or "ray://host:10001": a running one); the scores are the same as
+        unsharded (snnl.sharding). RepositoryError names a missing, tampered or malformed file.
         """
         target = resolve_device(device)
-        manifest, files = read_model_files(repository, name)
         folder = Path(repository) / name
+        scorer = None
+        if shards:
+            from snnl.sharding.loading import open_sharded
+
+            opened = open_sharded(
+                repository,
+                name,
+                shards=shards,
+                backend=backend,
+                ray_address=ray_address,
+                device=device,
+                chunk_size=chunk_size,
+            )
+            manifest, files, reference = opened.manifest, opened.files, opened.reference
+            scorer = opened.scorer
+        else:
+            manifest, files = read_model_files(repository, name)
+            reference = ReferenceSet.from_bytes(
+                files[REFERENCE_FILE],
+                [layer.name for layer in manifest.layers],
+                device=target,
+                source=folder / REFERENCE_FILE,
+            )
         layers = [layer.name for layer in manifest.layers]
-        reference = ReferenceSet.from_bytes(
-            files[REFERENCE_FILE], layers, device=target, source=folder / REFERENCE_FILE
-        )
         calibration = Calibration.from_bytes(
             files[CALIBRATION_FILE], layers, source=folder / CALIBRATION_FILE
         )
@@ -121,6 +152,7 @@ class Detector:
             device=target,
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
+            scorer=scorer,
         )
 
     @property
@@ -150,6 +182,11 @@ class Detector:
     def provider(self) -> str | None:
         """The ONNX Runtime execution provider in use, None for an embedding-only model."""
         return None if self._runner is None else self._runner.provider
+
+    def unavailable(self) -> str | None:
+        """None when the scorer can answer now; else why not (a shard of a sharded model is down
+        or restarting: snnl.sharding). Always None for an unsharded model."""
+        return self._scorer.unavailable() if isinstance(self._scorer, ShardedScorer) else None
 
     def forward(self, x: np.ndarray) -> ForwardOutput:
         """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32."""
