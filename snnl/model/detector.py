@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,7 +41,14 @@ from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborSco
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 from snnl.sharding.scorer import ShardedScorer
 
-__all__ = ["Detector", "ForwardOutput", "ScoreResult"]
+__all__ = ["COMPUTE_DTYPES", "ComputeDtype", "Detector", "ForwardOutput", "ScoreResult"]
+
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+COMPUTE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 class Detector:
@@ -60,6 +68,7 @@ class Detector:
         device: torch.device,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         reference_path: Path | None = None,
+        compute_dtype: ComputeDtype = "float32",
         scorer: ShardedScorer | None = None,
     ) -> None:
         self.manifest = manifest
@@ -86,6 +95,7 @@ class Detector:
             distances={name: layer.distance for name, layer in specs.items()},
             mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
             chunk_size=chunk_size,
+            compute_dtype=COMPUTE_DTYPES[compute_dtype],
         )
 
     @classmethod
@@ -97,18 +107,26 @@ class Detector:
         *,
         threads: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compute_dtype: ComputeDtype = "float32",
         shards: int = 0,
         backend: str = "ray",
         ray_address: str | None = None,
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
-        ``threads``: ONNX Runtime intra-op threads (None: its default). ``shards`` >= 1 splits
-        every layer's reference rows into that many shards held by actors of ``backend`` ("ray",
-        the only one) at ``ray_address`` (None: a private local cluster, or the one in
-        ``RAY_ADDRESS``; "auto" or "ray://host:10001": a running one); the scores are the same as
-        unsharded (snnl.sharding). RepositoryError names a missing, tampered or malformed file.
+        ``threads``: ONNX Runtime intra-op threads (None: its default). ``compute_dtype``: the
+        dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
+        queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
+        error). ``shards`` >= 1 splits every layer's reference rows into that many shards held by
+        actors of ``backend`` ("ray", the only one) at ``ray_address`` (None: a private local
+        cluster, or the one in ``RAY_ADDRESS``; "auto" or "ray://host:10001": a running one);
+        the scores are the same as unsharded (snnl.sharding). RepositoryError names a missing,
+        tampered or malformed file.
         """
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(
+                f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+            )
         target = resolve_device(device)
         folder = Path(repository) / name
         scorer = None
@@ -123,6 +141,7 @@ class Detector:
                 ray_address=ray_address,
                 device=device,
                 chunk_size=chunk_size,
+                compute_dtype=COMPUTE_DTYPES[compute_dtype],
             )
             manifest, files, reference = opened.manifest, opened.files, opened.reference
             scorer = opened.scorer
@@ -152,6 +171,7 @@ class Detector:
             device=target,
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
+            compute_dtype=compute_dtype,
             scorer=scorer,
         )
 
