@@ -87,8 +87,9 @@ async def healthz(state: State) -> dict[str, str]:
 
 @probes.get("/readyz", name="readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})
 async def readyz(state: State) -> dict[str, Any]:
-    """200 once every model is loaded and warmed up, else 503."""
+    """200 once every model is loaded and warmed up and can score now, else 503."""
     state.raise_if_not_ready()
+    await state.raise_if_unavailable()
     return {"status": "ready", "models": sorted(state.models)}
 
 

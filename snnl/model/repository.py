@@ -259,4 +259,6 @@ def verify_file(path: Path, digest: str, block: int = 1 << 24) -> None:
 
 
 def _modified(path: Path) -> RepositoryError:
-    return RepositoryError(f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)")
+    return RepositoryError(
+        f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
+    )

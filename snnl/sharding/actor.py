@@ -29,6 +29,7 @@ from snnl.core.distances import Distance
 from snnl.scoring.scorer import ScorePartial, SoftNeighborScorer
 from snnl.sharding.rows import FileStamp, read_rows
 
+
 @dataclass(frozen=True)
 class ScorerSettings:
     """What every shard's scorer is built with (the same for all shards of a model)."""

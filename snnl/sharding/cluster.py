@@ -89,7 +89,9 @@ def start_shards(specs: Sequence[ShardSpec], *, shared: bool, timeout_s: float) 
                 "free in the Ray cluster, and the reference file at the same path on every node)"
             ) from err
         except RayError as err:
-            raise UnavailableError(f"{spec.describe()}: failed to load ({error_reason(err)})") from err
+            raise UnavailableError(
+                f"{spec.describe()}: failed to load ({error_reason(err)})"
+            ) from err
     return actors
 
 

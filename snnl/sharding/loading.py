@@ -103,10 +103,14 @@ def open_sharded(
         for i, (start, stop) in enumerate(shard_bounds(reference.size, shards))
     ]
     actors = start_shards(specs, shared=shared, timeout_s=load_timeout_s)
-    return ShardedModel(manifest, files, reference, ShardedScorer(actors, specs, timeout_s=timeout_s))
+    return ShardedModel(
+        manifest, files, reference, ShardedScorer(actors, specs, timeout_s=timeout_s)
+    )
 
 
-def _settings(manifest: Manifest, chunk_size: int, compute_dtype: torch.dtype | None) -> ScorerSettings:
+def _settings(
+    manifest: Manifest, chunk_size: int, compute_dtype: torch.dtype | None
+) -> ScorerSettings:
     spec = manifest.nonconformity
     terms = spec.terms if isinstance(spec, NeighborMass) else []
     return ScorerSettings(

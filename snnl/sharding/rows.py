@@ -12,17 +12,19 @@ which maps the file and copies only those rows, so no process ever holds the who
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from snnl.errors import RepositoryError
 
-_FLOAT_DTYPES = ("F32", "F16")
+_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16}  # safetensors' names
 
 
 def shard_bounds(rows: int, shards: int) -> list[tuple[int, int]]:
@@ -32,7 +34,7 @@ def shard_bounds(rows: int, shards: int) -> list[tuple[int, int]]:
     if shards > rows:
         raise ValueError(f"{shards} shards need at least {shards} reference rows, got {rows}")
     cuts = [i * rows // shards for i in range(shards + 1)]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
+    return list(itertools.pairwise(cuts))
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,6 @@ class FileStamp:
     def of(cls, path: Path) -> FileStamp:
         stat = os.stat(path)
         return cls(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-
-
-def reference_rows(path: Path) -> int:
-    """N of reference.safetensors, from its header; RepositoryError if it has no valid labels."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shape = f.get_slice("labels").get_shape()
-    except Exception as err:
-        raise RepositoryError(f"{path}: no readable (N,) 'labels' tensor ({err})") from err
-    if len(shape) != 1 or shape[0] < 1:
-        raise RepositoryError(f"{path}: 'labels' must be a non-empty (N,) tensor, got {shape}")
-    return int(shape[0])
 
 
 def read_rows(
@@ -80,12 +70,7 @@ def read_rows(
             features = {}
             for name in layers:
                 part = f.get_slice(f"features.{name}")
-                shape, dtype = part.get_shape(), part.get_dtype()
-                if len(shape) != 2 or shape[0] != n or dtype not in _FLOAT_DTYPES:
-                    raise RepositoryError(
-                        f"{path}: 'features.{name}' must be (N={n}, d) float32 or float16, "
-                        f"got {tuple(shape)} {dtype}"
-                    )
+                _check_features(path, name, part, n)
                 features[name] = part[start:stop]
     except RepositoryError:
         raise
@@ -96,28 +81,36 @@ def read_rows(
     return features, labels
 
 
-def reference_outline(path: Path, layers: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def reference_outline(
+    path: Path, layers: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The reference's shape without its rows: per layer an (N, d_l) tensor on the "meta"
     device (shape and dtype, no memory) and the labels (N,) int64, read from the header and the
     labels tensor only; RepositoryError names a missing or malformed tensor."""
     try:
         with safe_open(str(path), framework="pt") as f:
             labels = f.get_tensor("labels")
-            shapes = {}
+            if labels.ndim != 1 or labels.dtype != torch.int64 or labels.numel() == 0:
+                raise RepositoryError(f"{path}: 'labels' must be a non-empty (N,) int64 tensor")
+            features = {}
             for name in layers:
                 part = f.get_slice(f"features.{name}")
-                shapes[name] = (tuple(part.get_shape()), part.get_dtype())
+                _check_features(path, name, part, labels.shape[0])
+                features[name] = torch.empty(
+                    part.get_shape(), dtype=_FLOAT_DTYPES[part.get_dtype()], device="meta"
+                )
+    except RepositoryError:
+        raise
     except Exception as err:
         raise RepositoryError(f"{path}: cannot read the reference's header ({err})") from err
-    if labels.ndim != 1 or labels.dtype != torch.int64 or labels.numel() == 0:
-        raise RepositoryError(f"{path}: 'labels' must be a non-empty (N,) int64 tensor")
-    features = {}
-    for name, (shape, dtype) in shapes.items():
-        if len(shape) != 2 or shape[0] != labels.shape[0] or dtype not in _FLOAT_DTYPES:
-            raise RepositoryError(
-                f"{path}: 'features.{name}' must be (N={labels.shape[0]}, d) float32 or float16, "
-                f"got {shape} {dtype}"
-            )
-        torch_dtype = torch.float32 if dtype == "F32" else torch.float16
-        features[name] = torch.empty(shape, dtype=torch_dtype, device="meta")
     return features, labels
+
+
+def _check_features(path: Path, name: str, part: Any, rows: int) -> None:
+    """RepositoryError unless the slice ``part`` of ``features.<name>`` is (rows, d) float."""
+    shape, dtype = part.get_shape(), part.get_dtype()
+    if len(shape) != 2 or shape[0] != rows or dtype not in _FLOAT_DTYPES:
+        raise RepositoryError(
+            f"{path}: 'features.{name}' must be (N={rows}, d) float32 or float16, "
+            f"got {tuple(shape)} {dtype}"
+        )

@@ -49,7 +49,9 @@ class ShardedScorer:
         starts = [spec.start for spec in specs]
         stops = [spec.stop for spec in specs]
         if starts[0] != 0 or starts[1:] != stops[:-1]:
-            raise ValueError(f"shards must tile the rows in order, got {list(zip(starts, stops))}")
+            raise ValueError(
+                f"shards must tile the rows in order, got {list(zip(starts, stops, strict=True))}"
+            )
         self.actors: tuple[Any, ...] = tuple(actors)
         self.specs: tuple[ShardSpec, ...] = tuple(specs)
         self.layers: tuple[str, ...] = specs[0].settings.layers
