@@ -8,7 +8,8 @@ The model is an embedding-only model of ``--rows`` synthetic reference rows (``-
 ``--classes`` Gaussian classes, one cosine layer and the two neighbor-mass terms), written to a
 temporary repository. For each N it loads the model locally and with S shards on a private local
 Ray cluster (one CPU, so one torch thread, per shard; the local scorer also gets one thread) and
-times ``score_embeddings`` on the same batch: median of ``--repeats`` calls after one warm-up.
+times ``score_embeddings`` on the same batch: median of ``--repeats`` calls after one warm-up,
+the detectors taking turns call by call (the machine's load drifts).
 S = 1 isolates the overhead (the batch to the actor and back, merge, finalize); S > 1 adds the
 parallelism of S actors. It checks that the results agree.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import tempfile
 import threading
@@ -74,15 +76,19 @@ def build(repo: Path, rows: int, dim: int, classes: int) -> str:
     return name
 
 
-def timed(det: Detector, batch: dict[str, np.ndarray], repeats: int) -> float:
-    """Median seconds of ``score_embeddings(batch)`` after one warm-up call."""
-    det.score_embeddings(batch, neighbors=10)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(dets: list[Detector], batch: dict[str, np.ndarray], repeats: int) -> list[float]:
+    """Median seconds of ``score_embeddings(batch)`` per detector, after one warm-up call each;
+    the calls take turns (one per detector per round), so that a change of the machine's load
+    (it is shared) hits every detector alike."""
+    times: list[list[float]] = [[] for _ in dets]
+    for det in dets:
         det.score_embeddings(batch, neighbors=10)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for det, record in zip(dets, times, strict=True):
+            start = time.perf_counter()
+            det.score_embeddings(batch, neighbors=10)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def actor_rss(det: Detector) -> float:
@@ -99,15 +105,10 @@ def overhead(repo: Path, name: str, args: argparse.Namespace) -> None:
     batch = {LAYER: rng.normal(size=(args.batch, args.dim)).astype(np.float32)}
     before = _rss_mb()
     local = Detector.load(repo, name, device="cpu")
+    held = _rss_mb() - before
     expected = local.score_embeddings(batch, neighbors=10)
-    base = timed(local, batch, args.repeats)
     rows = local.reference_sizes[LAYER]
-    print(
-        f"| {rows:,} | local | {base * 1e3:.1f} | 1.00 | - | "
-        f"{_rss_mb() - before:.0f} (this process) |"
-    )
-    del local
-    gc.collect()
+    dets, notes = [local], [f"{held:.0f} MB in this process"]
     for shards in args.shards:
         start = time.perf_counter()
         det = Detector.load(repo, name, device="cpu", shards=shards)
@@ -115,13 +116,17 @@ def overhead(repo: Path, name: str, args: argparse.Namespace) -> None:
         got = det.score_embeddings(batch, neighbors=10)
         worst = np.max(np.abs(got.soft_neighbor_score / expected.soft_neighbor_score - 1))
         assert np.array_equal(got.neighbor_ids, expected.neighbor_ids), "neighbor ids differ"
-        seconds = timed(det, batch, args.repeats)
-        print(
-            f"| {rows:,} | S={shards} | {seconds * 1e3:.1f} | {seconds / base:.2f} | "
-            f"{load:.1f} s load, max rel. diff {worst:.1e} | {actor_rss(det):.0f} (actors) |"
+        assert np.array_equal(got.same_class_neighbors, expected.same_class_neighbors)
+        dets.append(det)
+        notes.append(
+            f"load {load:.1f} s; {actor_rss(det):.0f} MB in {shards} actors; "
+            f"max rel. diff of scores {worst:.1e}"
         )
-        del det
-        gc.collect()
+    seconds = interleaved(dets, batch, args.repeats)
+    for label, t, note in zip(
+        ["local", *(f"S={s}" for s in args.shards)], seconds, notes, strict=True
+    ):
+        print(f"| {rows:,} | {label} | {t * 1e3:.1f} | {t / seconds[0]:.2f} | {note} |")
 
 
 def _replica(
@@ -179,13 +184,16 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
+    # Ray runs workers at niceness 15; on a machine shared with other jobs that starves the shard
+    # actors against this (niceness 0) process: compare them at the same priority
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         names = [build(repo, int(n), args.dim, args.classes) for n in args.rows.split(",")]
         print(f"\nd = {args.dim}, C = {args.classes}, B = {args.batch}, median of {args.repeats}")
-        print("| N | scorer | ms / batch | vs local | notes | memory MB |")
-        print("|---|---|---|---|---|---|")
+        print("| N | scorer | ms / batch | vs local | notes |")
+        print("|---|---|---|---|---|")
         for name in names:
             overhead(repo, name, args)
         if args.replicas > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def ray_cluster() -> Iterator[str]:
     run on this machine's cores), a small object store, no dashboard. Yields its address, for
     processes that join it (``snnl serve --ray-address``)."""
     ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # shards at the tests' priority
     ray.init(
         num_cpus=16,
         include_dashboard=False,

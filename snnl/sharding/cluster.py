@@ -43,9 +43,15 @@ def connect(address: str | None, shards: int) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return address is not None or ray.get_runtime_context().get_actor_id() is not None
-    cpus = None if address is not None else max(os.cpu_count() or 1, shards + 1)
-    ray.init(address=address, namespace=NAMESPACE, num_cpus=cpus, include_dashboard=False)
-    return address is not None
+    if address is not None:
+        ray.init(address=address, namespace=NAMESPACE)
+        return True
+    # Ray starts its workers at niceness 15; a private cluster's shards do this process's scoring
+    # work, so they run at its priority (at 15, any other load on the machine starves them)
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    cpus = max(os.cpu_count() or 1, shards + 1)
+    ray.init(namespace=NAMESPACE, num_cpus=cpus, include_dashboard=False)
+    return False
 
 
 def actor_name(spec: ShardSpec) -> str:
