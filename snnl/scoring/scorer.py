@@ -28,9 +28,16 @@ distances, mass terms, compute dtype, ``predicted`` and ``top``.
 
 The prediction: with logits (a network) it is argmax logits, known before the neighbor search;
 pass it to ``partial`` and the mass terms are summed over each query's own class only. For an
-embedding-only model the prediction is argmax_k m_k(h) of the LAST layer, which needs every shard;
-pass ``predicted=None`` to ``partial`` (mass terms are then summed for every class, B x C each)
-and ``finalize`` picks them at the class it predicts from the merged sums.
+embedding-only model the prediction is argmax_k m_k(h) of the LAST layer (``predict``), which
+needs every row. Two ways, both exact:
+
+* two rounds (what ``score`` does): ``partial(..., predicted=None, mass=False)`` on every shard,
+  merge, ``predict``; then ``partial(..., predicted=pred, score=False)`` on every shard (each
+  class's queries against that class's rows only: about 1/C of the first round's products),
+  merge, and put its ``term_log_mass`` into the first merged partial
+  (``dataclasses.replace``) before ``finalize``;
+* one round: ``partial(..., predicted=None)`` sums the mass terms for every class (B x C each,
+  an elementwise pass over B x N per term) and ``finalize`` picks them at its prediction.
 
 The hard count is the number of rows of class c among the k nearest (largest z), from the merged
 top-m values and labels (no sort unless more ids than k are asked for).
@@ -40,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -116,6 +123,12 @@ def merge_partials(parts: Sequence[ScorePartial]) -> ScorePartial:
     )
 
 
+def predict(partial: ScorePartial) -> torch.Tensor:
+    """The soft-neighbor prediction (B,): argmax_k of the last layer's class masses (models
+    without logits)."""
+    return partial.class_log_mass[-1].argmax(1)
+
+
 def finalize(
     partial: ScorePartial,
     predicted: torch.Tensor | None,
@@ -131,8 +144,7 @@ def finalize(
     """
     mass = partial.class_log_mass
     log_probability = mass[-1] - mass[-1].logsumexp(1, keepdim=True)
-    pred = log_probability.argmax(1) if predicted is None else predicted.to(mass.device)
-    pred = pred.to(torch.int64)
+    pred = predict(partial) if predicted is None else predicted.to(mass.device, torch.int64)
     at_pred = pred[None, :, None].expand(mass.shape[0], -1, 1)
     log_score = mass.gather(2, at_pred)[..., 0] - mass.logsumexp(2)
     terms = partial.term_log_mass
@@ -253,19 +265,28 @@ class SoftNeighborScorer:
         predicted: torch.Tensor | None = None,
         *,
         top: int,
+        score: bool = True,
+        mass: bool = True,
     ) -> ScorePartial:
         """The ``ScorePartial`` of a batch over this scorer's rows: ``queries`` maps every layer
         to (B, d_l); ``predicted`` (B,) or None (module docstring); ``top`` the width m of the
-        nearest rows kept (padded with -inf / -1 beyond this scorer's N)."""
+        nearest rows kept (padded with -inf / -1 beyond this scorer's N). ``score=False`` leaves
+        the class masses and nearest rows out (-inf, width 0), ``mass=False`` the mass terms."""
         classes = None if predicted is None else predicted.to(self.device, torch.int64)
-        local_top = min(top, self.reference_size)
+        local_top = min(top, self.reference_size) if score else 0
         sums, values, rows = [], [], []
         for name, kernel in zip(self.layers, self._kernels, strict=True):
-            prepared = kernel.prepare(queries[name])
-            at_class = [False] + [True] * (len(kernel.terms) - 1)
-            result = kernel.partial(prepared, classes, at_class, local_top, self.chunk_size)
+            result = kernel.partial(
+                kernel.prepare(queries[name]),
+                classes,
+                local_top,
+                self.chunk_size,
+                score=score,
+                mass=mass and len(kernel.terms) > 1,
+            )
             # mass terms unshifted: -D/T = z - o(h)
-            sums.append(torch.cat([result.sums[:1], result.sums[1:] - result.offsets[1:, :, None]]))
+            shift = result.offsets[1:, :, None]
+            sums.append(torch.cat([result.sums[:1], result.sums[1:] - shift]))
             values.append(result.top_values)
             rows.append(result.top_rows)
         exact = max((s.dtype for s in sums), key=lambda d: torch.finfo(d).bits)
@@ -273,17 +294,18 @@ class SoftNeighborScorer:
         top_sorted = torch.stack(rows)
         labels = self.labels[top_sorted]
         top_rows = self._global_rows[top_sorted]
-        if local_top < top:
-            pad = (0, top - local_top)
+        width = top if score else 0
+        if local_top < width:
+            pad = (0, width - local_top)
             top_values = torch.nn.functional.pad(top_values, pad, value=float("-inf"))
             top_rows = torch.nn.functional.pad(top_rows, pad, value=-1)
             labels = torch.nn.functional.pad(labels, pad, value=-1)
         batch = top_values.shape[1]
-        mass = [sums[layer][term].to(exact) for layer, term in self._mass]
+        terms = [sums[layer][term].to(exact) for layer, term in self._mass]
         empty = torch.empty((0, batch, self.num_classes), dtype=exact, device=self.device)
         return ScorePartial(
             class_log_mass=torch.stack([s[0].to(exact) for s in sums]),
-            term_log_mass=torch.stack(mass) if mass else empty,
+            term_log_mass=torch.stack(terms) if terms else empty,
             class_count=self._class_count,
             top_values=top_values,
             top_rows=top_rows,
@@ -302,11 +324,18 @@ class SoftNeighborScorer:
         """Scores of a batch: ``queries`` maps every layer to (B, d_l); ``predicted`` (B,) or None.
 
         Without ``predicted`` (embedding-only models), the predicted class is the argmax of the
-        soft-neighbor class probabilities in the last layer. ``k`` is the hard-count neighborhood,
+        soft-neighbor class probabilities in the last layer, and the mass terms are a second,
+        cheaper round at that class (module docstring). ``k`` is the hard-count neighborhood,
         ``neighbors`` how many nearest ids to return per layer (0: none).
         """
         top = self.top_width(k, neighbors)
-        part = self.partial(queries, predicted, top=top)
+        if predicted is not None or not self._mass:
+            part = self.partial(queries, predicted, top=top)
+            return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
+        part = self.partial(queries, None, top=top, mass=False)
+        predicted = predict(part)
+        terms = self.partial(queries, predicted, top=top, score=False).term_log_mass
+        part = replace(part, term_log_mass=terms)
         return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
 
 
