@@ -34,8 +34,9 @@ import torch
 
 from snnl.build.from_embeddings import index_embeddings
 from snnl.model.detector import Detector
+from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.reference import ReferenceSet
-from snnl.model.repository import CALIBRATION_FILE, REFERENCE_FILE, load_manifest, write_model
+from snnl.model.store import load_manifest, write_model
 
 LAYER = "embedding"
 

@@ -15,15 +15,10 @@ from pathlib import Path
 import torch
 
 from snnl.errors import InputError, RepositoryError
+from snnl.model.manifest import REFERENCE_FILE, Manifest
 from snnl.model.reference import ReferenceSet
-from snnl.model.repository import (
-    REFERENCE_FILE,
-    Manifest,
-    NeighborMass,
-    load_manifest,
-    read_verified,
-    verify_file,
-)
+from snnl.model.store import load_manifest, read_verified, verify_file
+from snnl.scoring.nonconformity import NeighborMass
 from snnl.sharding.actor import ScorerSettings, ShardSpec
 from snnl.sharding.cluster import connect, start_shards
 from snnl.sharding.rows import FileStamp, reference_outline, shard_bounds

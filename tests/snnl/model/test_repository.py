@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 
 from snnl.errors import RepositoryError
-from snnl.model.repository import (
-    CALIBRATION_FILE,
-    REFERENCE_FILE,
-    LayerSpec,
-    Manifest,
-    list_models,
-    load_manifest,
-    read_model_files,
-    sha256,
-    write_model,
-)
+from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE, LayerSpec, Manifest
+from snnl.model.store import list_models, load_manifest, read_model_files, sha256, write_model
 
 
 def _manifest(name: str = "emb", **changes: object) -> Manifest:
