@@ -45,4 +45,4 @@ class SnnlService:
     """One replica of the service (the routes are the app's)."""
 
 
-app = SnnlService.bind()
+app = SnnlService.bind()  # type: ignore[attr-defined]  # a Deployment after the decorators

@@ -81,7 +81,7 @@ def start_shards(specs: Sequence[ShardSpec], *, shared: bool, timeout_s: float) 
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
-    remote = ray.remote(ShardActor)
+    remote: Any = ray.remote(ShardActor)  # an actor class (Ray's stubs type it as the class)
     actors = [remote.options(**_options(spec, shared)).remote(spec) for spec in specs]
     deadline = time.monotonic() + timeout_s
     probes = [actor.describe.remote() for actor in actors]
