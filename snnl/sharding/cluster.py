@@ -60,11 +60,9 @@ def actor_name(spec: ShardSpec) -> str:
 
 
 def _options(spec: ShardSpec, shared: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+    options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 1}
     if spec.device == "cuda":
-        options |= {"num_gpus": 1, "num_cpus": 1}
-    else:
-        options |= {"num_cpus": 1}
+        options["num_gpus"] = 1
     if shared:
         options |= {
             "name": actor_name(spec),
