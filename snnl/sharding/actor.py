@@ -104,9 +104,10 @@ class ShardActor:
         """The shard's ``ScorePartial`` of ``batch`` = ({layer: (B, d_l)}, predicted (B,) or
         None), keeping the ``top`` nearest rows; all tensors on the CPU."""
         queries, predicted = batch
+        # copies (B x d, cheap): Ray hands over read-only views of its object store
         part = self._scorer.partial(
-            {name: torch.from_numpy(q) for name, q in queries.items()},
-            None if predicted is None else torch.from_numpy(predicted),
+            {name: torch.tensor(q) for name, q in queries.items()},
+            None if predicted is None else torch.tensor(predicted),
             top=top,
         )
         return dataclasses.replace(
