@@ -273,22 +273,23 @@ class LayerKernel:
                 for k, a, b in segments:
                     reduce(0, k, z[:, a - start : b - start], None, a)
         elif mass_terms:
-            for k, rows in groups.items():
-                first, last = self.slices[k]
-                q = query[rows]
-                for start in range(first, last, chunk_size):
-                    stop = min(start + chunk_size, last)
-                    product = self._product(q, start, stop)
+            # the same chunk grid and segments as above, so the sums are bit-identical to the
+            # ones a score pass with known classes would give (MKL products of >= 16 query rows
+            # do not depend on which rows and columns are multiplied together: measured)
+            for _, _, segments in self._chunks(chunk_size):
+                for k, a, b in segments:
+                    rows = groups.get(k)
+                    if rows is None:
+                        continue
+                    product = self._product(query[rows], a, b)
                     for t in mass_terms:
-                        reduce(
-                            t, k, self._logits(product, prepared, t, rows, start, stop), rows, start
-                        )
+                        reduce(t, k, self._logits(product, prepared, t, rows, a, b), rows, a)
         shape = (len(self.terms), batch, self.num_classes)
         # float64 log-sums (B x C, cheap): the log of a float32 sum keeps its ~1e-7 relative
         # error instead of a float32 ulp of max z (1e-6 at |z| ~ 10), so shards merge exactly
         sums = torch.full(shape, float("-inf"), dtype=torch.float64, device=device)
         for (t, k), values in parts.items():
-            total = _log_add(values, exclude is not None)
+            total = log_add(values)
             if t > 0 and classes is not None:
                 sums[t, groups[k], k] = total
             else:
@@ -364,16 +365,22 @@ def _logsumexp(z: torch.Tensor, clamp: bool, guard: bool) -> torch.Tensor:
     return shifted.exp_().sum(1).double().log_().add_(top[:, 0])
 
 
-def _log_add(values: list[torch.Tensor], guard: bool) -> torch.Tensor:
-    """log sum_i exp(values_i) elementwise over a list of (B,) tensors; ``guard``: entries may be
-    -inf (torch.logsumexp, slower, handles them)."""
-    if len(values) == 1:
-        return values[0]
-    stacked = torch.stack(values)
-    if guard:
-        return stacked.logsumexp(0)
-    top = stacked.amax(0)
-    return stacked.sub_(top).exp_().sum(0).log_().add_(top)
+def log_add(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """log sum_i exp(values_i), elementwise over tensors of one shape; -inf entries allowed.
+
+    Built from maximum, exp, log and additions only: their results per element do not depend on
+    the tensors' length (``torch.logaddexp`` and a reduction over a stacked tensor do: their
+    vectorized and scalar paths round differently), so a query's sums do not depend on how many
+    other queries share the tensors.
+    """
+    top = values[0]
+    for value in values[1:]:
+        top = torch.maximum(top, value)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros_like(top)
+    for value in values:
+        total += (value - top).exp_()
+    return total.log_().add_(top)
 
 
 def _leave_out(z: torch.Tensor, columns: torch.Tensor) -> None:

@@ -33,7 +33,7 @@ from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
 from snnl.scoring.conformal import nonconformity as neg_log_score
 from snnl.scoring.nonconformity import NeighborMass
 from snnl.scoring.results import ScoreResult
-from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
+from snnl.scoring.scorer import BatchScores, SoftNeighborScorer, default_chunk_size
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 from snnl.sharding.scorer import ShardedScorer
 
@@ -70,7 +70,7 @@ class Detector:
         calibration: Calibration | None,
         runner: OnnxRunner | None,
         device: torch.device,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         reference_path: Path | None = None,
         compute_dtype: ComputeDtype = "float32",
         scorer: ShardedScorer | None = None,
@@ -98,7 +98,7 @@ class Detector:
             temperatures={name: layer.temperature for name, layer in specs.items()},
             distances={name: layer.distance for name, layer in specs.items()},
             mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
-            chunk_size=chunk_size,
+            chunk_size=chunk_size or default_chunk_size(device),
             compute_dtype=COMPUTE_DTYPES[compute_dtype],
         )
 
@@ -110,7 +110,7 @@ class Detector:
         device: str = "auto",
         *,
         threads: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         compute_dtype: ComputeDtype = "float32",
         shards: int = 0,
         backend: str = "ray",
@@ -118,7 +118,8 @@ class Detector:
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
-        ``threads``: ONNX Runtime intra-op threads (None: its default). ``compute_dtype``: the
+        ``threads``: ONNX Runtime intra-op threads (None: its default). ``chunk_size``: reference
+        rows per matrix product (None: 4096 on the CPU, 262144 on a GPU). ``compute_dtype``: the
         dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
         queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
         error). ``shards`` >= 1 splits every layer's reference rows into that many shards held by

@@ -31,13 +31,16 @@ pass it to ``partial`` and the mass terms are summed over each query's own class
 embedding-only model the prediction is argmax_k m_k(h) of the LAST layer (``predict``), which
 needs every row. Two ways, both exact:
 
-* two rounds (what ``score`` does): ``partial(..., predicted=None, mass=False)`` on every shard,
-  merge, ``predict``; then ``partial(..., predicted=pred, score=False)`` on every shard (each
-  class's queries against that class's rows only: about 1/C of the first round's products),
-  merge, and put its ``term_log_mass`` into the first merged partial
-  (``dataclasses.replace``) before ``finalize``;
-* one round: ``partial(..., predicted=None)`` sums the mass terms for every class (B x C each,
-  an elementwise pass over B x N per term) and ``finalize`` picks them at its prediction.
+* two rounds (``score`` for very small and for large batches): ``partial(..., predicted=None,
+  mass=False)`` on every shard, merge, ``predict``; then ``partial(..., predicted=pred,
+  score=False)`` on every shard (each class's queries against that class's rows only: about 1/C
+  of the first round's products), merge, and put its ``term_log_mass`` into the first merged
+  partial (``dataclasses.replace``) before ``finalize``;
+* one round (``score`` for batches in between): ``partial(..., predicted=None)`` sums the mass
+  terms for every class (B x C each, an elementwise pass over B x N per term) and ``finalize``
+  picks them at its prediction.
+
+Both give bit-identical mass terms on the CPU (same chunk grid, same operations per element).
 
 The hard count is the number of rows of class c among the k nearest (largest z), from the merged
 top-m values and labels (no sort unless more ids than k are asked for).
@@ -53,9 +56,16 @@ import numpy as np
 import torch
 
 from snnl.core.distances import Distance, check_distance
-from snnl.core.kernel import LayerKernel, Term, compute_dtype_of, log_mean
+from snnl.core.kernel import LayerKernel, Term, compute_dtype_of, log_add, log_mean
 
-DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_CHUNK_SIZE = 4096  # CPU: B x 4096 logits stay in the caches for small B
+GPU_CHUNK_SIZE = 1 << 18  # GPU: few, large kernels (launches, not memory, limit small batches)
+# Embedding-only batches take two rounds (the mass terms at the predicted class only) when they
+# have at least this many queries per class, or fewer than ONE_ROUND_FROM queries (a few classes:
+# few small products); in between one round (every class: an elementwise pass over B x N per
+# term costs less than a second round of products padded to 16 rows for each class).
+TWO_ROUNDS_PER_CLASS = 16
+ONE_ROUND_FROM = 4
 
 MassTermKey = tuple[str, Distance, float]  # (layer, distance, temperature)
 
@@ -114,8 +124,8 @@ def merge_partials(parts: Sequence[ScorePartial]) -> ScorePartial:
     width = parts[0].top_values.shape[2]
     values, pick = values.topk(width, dim=2, sorted=False)
     return ScorePartial(
-        class_log_mass=torch.stack([p.class_log_mass for p in parts]).logsumexp(0),
-        term_log_mass=torch.stack([p.term_log_mass for p in parts]).logsumexp(0),
+        class_log_mass=log_add([p.class_log_mass for p in parts]),
+        term_log_mass=log_add([p.term_log_mass for p in parts]),
         class_count=torch.stack([p.class_count for p in parts]).sum(0),
         top_values=values,
         top_rows=torch.cat([p.top_rows for p in parts], 2).gather(2, pick),
@@ -324,12 +334,16 @@ class SoftNeighborScorer:
         """Scores of a batch: ``queries`` maps every layer to (B, d_l); ``predicted`` (B,) or None.
 
         Without ``predicted`` (embedding-only models), the predicted class is the argmax of the
-        soft-neighbor class probabilities in the last layer, and the mass terms are a second,
-        cheaper round at that class (module docstring). ``k`` is the hard-count neighborhood,
+        soft-neighbor class probabilities in the last layer; the mass terms take one round or
+        two by batch size (``ONE_ROUND_FROM``, ``TWO_ROUNDS_PER_CLASS``; module docstring). Both
+        give bit-identical sums, so a sample's scores do not depend on its batch. ``k`` is the
+        hard-count neighborhood,
         ``neighbors`` how many nearest ids to return per layer (0: none).
         """
         top = self.top_width(k, neighbors)
-        if predicted is not None or not self._mass:
+        batch = len(next(iter(queries.values())))
+        one_round = ONE_ROUND_FROM <= batch < TWO_ROUNDS_PER_CLASS * self.num_classes
+        if predicted is not None or not self._mass or one_round:
             part = self.partial(queries, predicted, top=top)
             return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
         part = self.partial(queries, None, top=top, mass=False)
@@ -337,6 +351,11 @@ class SoftNeighborScorer:
         terms = self.partial(queries, predicted, top=top, score=False).term_log_mass
         part = replace(part, term_log_mass=terms)
         return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """Reference rows per product for scorers on ``device``."""
+    return GPU_CHUNK_SIZE if torch.device(device).type == "cuda" else DEFAULT_CHUNK_SIZE
 
 
 def _term(layer: str, distance: str, temperature: float) -> Term:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.scoring.scorer import SoftNeighborScorer, finalize, merge_partials
+from snnl.scoring.scorer import SoftNeighborScorer, finalize, merge_partials, predict
 
 
 def _reference(n: int = 90, classes: int = 4, seed: int = 0):
@@ -70,3 +70,25 @@ def test_a_shard_smaller_than_the_top_width_pads() -> None:
     assert torch.isinf(part.top_values[..., 5:]).all()
     assert (part.top_rows[..., 5:] == -1).all() and (part.top_labels[..., 5:] == -1).all()
     assert int(part.class_count.sum()) == 5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_one_and_two_rounds_give_identical_mass_terms(batch: int, dtype: type) -> None:
+    """score picks one round or two by batch size: both must give the same bits (a sample's
+    scores must not depend on its batch)."""
+    features, y = _reference(n=200)
+    features = {name: x.astype(dtype) for name, x in features.items()}
+    rng = np.random.default_rng(2)
+    queries = {
+        "a": torch.from_numpy(rng.normal(size=(batch, 6)).astype(dtype)),
+        "b": torch.from_numpy(rng.normal(size=(batch, 3)).astype(dtype)),
+    }
+    scorer = _scorer(features, y)
+    one = scorer.partial(queries, None, top=5)
+    predicted = predict(one)
+    two = scorer.partial(queries, predicted, top=5, score=False).term_log_mass
+    at = predicted[None, :, None].expand(two.shape[0], -1, 1)
+    assert torch.equal(one.term_log_mass.gather(2, at), two.gather(2, at))
+    first = scorer.partial(queries, None, top=5, mass=False)
+    assert torch.equal(first.class_log_mass, one.class_log_mass)
