@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from snnl.core.distances import Distance
-from snnl.scoring.scorer import ScorePartial, SoftNeighborScorer
+from snnl.scoring.scorer import ScorePartial, SoftNeighborScorer, default_chunk_size
 from snnl.sharding.rows import FileStamp, read_rows
 
 
@@ -39,7 +39,7 @@ class ScorerSettings:
     temperatures: tuple[float, ...]  # per layer, in ``layers`` order
     distances: tuple[Distance, ...]  # per layer
     mass_terms: tuple[tuple[str, Distance, float], ...]
-    chunk_size: int
+    chunk_size: int | None  # None: the scorer's default for the shard's device
     compute_dtype: torch.dtype | None = None  # as SoftNeighborScorer's
 
 
@@ -83,7 +83,7 @@ class ShardActor:
             temperatures=dict(zip(s.layers, s.temperatures, strict=True)),
             distances=dict(zip(s.layers, s.distances, strict=True)),
             mass_terms=s.mass_terms,
-            chunk_size=s.chunk_size,
+            chunk_size=s.chunk_size or default_chunk_size(device),
             row_offset=spec.start,
             compute_dtype=s.compute_dtype,
         )

@@ -47,7 +47,7 @@ def open_sharded(
     backend: str = "ray",
     ray_address: str | None = None,
     device: str = "auto",
-    chunk_size: int,
+    chunk_size: int | None = None,
     compute_dtype: torch.dtype | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     load_timeout_s: float = LOAD_TIMEOUT_S,
@@ -104,7 +104,7 @@ def open_sharded(
 
 
 def _settings(
-    manifest: Manifest, chunk_size: int, compute_dtype: torch.dtype | None
+    manifest: Manifest, chunk_size: int | None, compute_dtype: torch.dtype | None
 ) -> ScorerSettings:
     spec = manifest.nonconformity
     terms = spec.terms if isinstance(spec, NeighborMass) else []
