@@ -85,14 +85,7 @@ def test_embedding_only_scores_do_not_depend_on_the_batch(size: int) -> None:
         part = scorer.score(
             {"e": torch.from_numpy(queries[start : start + size])}, None, k=7, neighbors=3
         )
-        for field in (
-            "predicted",
-            "log_score",
-            "same_class",
-            "neighbor_ids",
-            "class_probability",
-            "log_mass",
-        ):
+        for field in SCORER_FIELDS:
             np.testing.assert_array_equal(
                 getattr(part, field), getattr(whole, field)[start : start + size], err_msg=field
             )
