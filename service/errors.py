@@ -2,7 +2,8 @@
 (``{"error": str}`` on the Open Inference Protocol's ``/v2`` paths, as its clients expect).
 
 The detail names the field (``inputs``, ``alpha``, ``model``, the body, a header) and what was
-expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422. Anything else
+expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422,
+``snnl.errors.UnavailableError`` (a shard of the reference is down) a 503. Anything else
 unexpected becomes a 500 with a generic detail in ``service.logging.RequestLogMiddleware`` (the
 cause goes to the log, not to the client).
 """
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from snnl.errors import InputError
+from snnl.errors import InputError, UnavailableError
 
 
 class ServiceError(Exception):
@@ -110,6 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
         return error_response(request.url.path, str(err), 422)
+
+    @app.exception_handler(UnavailableError)
+    async def _unavailable(_: Request, err: UnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -101,8 +101,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: State) -> dict[str, Any]:
     """200 once the repository is loaded and at least one model serves; the models that could
     not be loaded are listed under ``unavailable`` with the reason. 503 while loading, when no
-    model serves, and once shutting down."""
+    model serves, while a served model cannot score now (a shard of its reference is missing),
+    and once shutting down."""
     state.raise_if_not_ready()
+    await state.raise_if_unavailable()
     unavailable = [status.model_dump() for status in state.unavailable()]
     return {"status": "ready", "models": list(state.models), "unavailable": unavailable}
 

@@ -100,6 +100,20 @@ class Settings(BaseSettings):
         description="Full-size scoring calls per model before /readyz turns 200.",
     )
 
+    shards: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Split every model's reference rows over this many Ray actors (0: keep them "
+        "in this process); scores are the same.",
+    )
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="Ray cluster of the shards: 'auto', 'ray://HOST:10001' or HOST:PORT (unset: a "
+        "private local cluster, or RAY_ADDRESS); used only with shards.",
+    )
+
     gzip_min_bytes: int = Field(
         1024,
         ge=0,

@@ -244,6 +244,13 @@ class ServiceState:
             self.shutting_down = True
             logger.info("shutting down: readiness now 503")
 
+    async def raise_if_unavailable(self) -> None:
+        """503 while a loaded model cannot score now (a shard of its reference is missing)."""
+        for name, served in self.models.items():
+            reason = await asyncio.to_thread(served.detector.unavailable)
+            if reason is not None:
+                raise Unavailable(f"model {name!r}: {reason}")
+
     async def load_all(self) -> None:
         """Load, warm up and publish every model, one after the other; then turn ready."""
         async with self._lock:
@@ -378,7 +385,13 @@ class ServiceState:
     async def _load(self, name: str) -> ServedModel:
         s = self.settings
         detector = await asyncio.to_thread(
-            Detector.load, s.model_repository, name, device=s.device, threads=s.scoring_threads
+            Detector.load,
+            s.model_repository,
+            name,
+            device=s.device,
+            threads=s.scoring_threads,
+            shards=s.shards,
+            ray_address=s.ray_address,
         )
         info, calibration = _describe(detector)
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(

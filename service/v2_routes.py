@@ -78,8 +78,9 @@ async def server_live() -> dict[str, bool]:
     "/health/ready", name="v2_ready", summary="Server ready", responses={503: V2_ERRORS[503]}
 )
 async def server_ready(state: State) -> dict[str, bool]:
-    """200 once every model is loaded and warmed up (as ``/readyz``), else 503."""
+    """200 once every model is loaded and warmed up and can score now (as ``/readyz``), else 503."""
     state.raise_if_not_ready()
+    await state.raise_if_unavailable()
     return {"ready": True}
 
 

@@ -11,3 +11,8 @@ class InputError(SnnlError, ValueError):
 
 class RepositoryError(SnnlError):
     """A model repository entry that is missing, malformed or tampered with."""
+
+
+class UnavailableError(SnnlError):
+    """A part of the scorer cannot answer right now (a shard is down or restarting): the request
+    is refused rather than answered from part of the reference; retrying later may succeed."""

@@ -35,6 +35,7 @@ from snnl.scoring.nonconformity import NeighborMass
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.scorer import BatchScores, SoftNeighborScorer, default_chunk_size
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+from snnl.sharding.scorer import ShardedScorer
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -72,6 +73,7 @@ class Detector:
         chunk_size: int | None = None,
         reference_path: Path | None = None,
         compute_dtype: ComputeDtype = "float32",
+        scorer: ShardedScorer | None = None,
     ) -> None:
         self.manifest = manifest
         self.calibration = calibration
@@ -83,6 +85,10 @@ class Detector:
         self.reference_labels: np.ndarray = reference.labels.cpu().numpy()
         self.reference_sizes: dict[str, int] = {name: reference.size for name in self.layers}
         self._dims = {name: layer.dim for name, layer in specs.items()}
+        self._scorer: SoftNeighborScorer | ShardedScorer
+        if scorer is not None:  # the reference rows are held elsewhere (snnl.sharding)
+            self._scorer = scorer
+            return
         spec = manifest.nonconformity
         terms = spec.terms if isinstance(spec, NeighborMass) else []
         self._scorer = SoftNeighborScorer(
@@ -106,6 +112,9 @@ class Detector:
         threads: int | None = None,
         chunk_size: int | None = None,
         compute_dtype: ComputeDtype = "float32",
+        shards: int = 0,
+        backend: str = "ray",
+        ray_address: str | None = None,
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
@@ -113,19 +122,43 @@ class Detector:
         rows per matrix product (None: 4096 on the CPU, 262144 on a GPU). ``compute_dtype``: the
         dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
         queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
-        error). RepositoryError names a missing, tampered or malformed file.
+        error). ``shards`` >= 1 splits every layer's reference rows into that many shards held by
+        actors of ``backend`` ("ray", the only one) at ``ray_address`` (None: a private local
+        cluster, or the one in ``RAY_ADDRESS``; "auto" or "ray://host:10001": a running one);
+        the scores are the same as unsharded (snnl.sharding). RepositoryError names a missing,
+        tampered or malformed file.
         """
         if compute_dtype not in COMPUTE_DTYPES:
             raise InputError(
                 f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
             )
         target = resolve_device(device)
-        manifest, files = read_model_files(repository, name)
         folder = Path(repository) / name
+        scorer = None
+        if shards:
+            from snnl.sharding.loading import open_sharded
+
+            opened = open_sharded(
+                repository,
+                name,
+                shards=shards,
+                backend=backend,
+                ray_address=ray_address,
+                device=device,
+                chunk_size=chunk_size,
+                compute_dtype=COMPUTE_DTYPES[compute_dtype],
+            )
+            manifest, files, reference = opened.manifest, opened.files, opened.reference
+            scorer = opened.scorer
+        else:
+            manifest, files = read_model_files(repository, name)
+            reference = ReferenceSet.from_bytes(
+                files[REFERENCE_FILE],
+                [layer.name for layer in manifest.layers],
+                device=target,
+                source=folder / REFERENCE_FILE,
+            )
         layers = [layer.name for layer in manifest.layers]
-        reference = ReferenceSet.from_bytes(
-            files[REFERENCE_FILE], layers, device=target, source=folder / REFERENCE_FILE
-        )
         calibration = Calibration.from_bytes(
             files[CALIBRATION_FILE], layers, source=folder / CALIBRATION_FILE
         )
@@ -144,6 +177,7 @@ class Detector:
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
             compute_dtype=compute_dtype,
+            scorer=scorer,
         )
 
     @property
@@ -173,6 +207,11 @@ class Detector:
     def provider(self) -> str | None:
         """The ONNX Runtime execution provider in use, None for an embedding-only model."""
         return None if self._runner is None else self._runner.provider
+
+    def unavailable(self) -> str | None:
+        """None when the scorer can answer now; else why not (a shard of a sharded model is down
+        or restarting: snnl.sharding). Always None for an unsharded model."""
+        return self._scorer.unavailable() if isinstance(self._scorer, ShardedScorer) else None
 
     def forward(self, x: np.ndarray, *, validated: bool = False) -> ForwardOutput:
         """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32.

@@ -126,9 +126,7 @@ def read_verified(path: Path, digest: str) -> bytes:
         raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
     data = _read(path)
     if sha256(data) != digest:
-        raise RepositoryError(
-            f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
-        )
+        raise _modified(path)
     return data
 
 
@@ -149,3 +147,22 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise RepositoryError(f"{path}: cannot be read ({err.strerror or err})") from err
+
+
+def verify_file(path: Path, digest: str, block: int = 1 << 24) -> None:
+    """As ``read_verified``, streaming the file in ``block``-byte reads: memory stays O(block)
+    whatever the file's size (a reference too large for one machine's memory)."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    if h.hexdigest() != digest:
+        raise _modified(path)
+
+
+def _modified(path: Path) -> RepositoryError:
+    return RepositoryError(
+        f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
+    )

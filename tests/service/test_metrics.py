@@ -1,4 +1,5 @@
-"""The documented metrics (docs/service.md), read from the running server's /metrics and moving as requests arrive."""
+"""The documented metrics (docs/service.md), read from the running server's /metrics and moving
+as requests arrive."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The batch SNNL and masked logsumexp against slow float64 loops of the formulas (docs/method.md)."""
+"""The batch SNNL and masked logsumexp against slow float64 loops of the formulas in
+docs/method.md."""
 
 from __future__ import annotations
 

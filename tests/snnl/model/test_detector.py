@@ -62,8 +62,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _slow_nonconformity(det: Detector, q: np.ndarray, c: int, s: float) -> float:
-    """a(x) of the manifest's kind with explicit loops in float64: the plain sum of -log s, or minus the
-    sum of the standardized log mean over class-c reference rows of exp(-D / T) per term."""
+    """a(x) of the manifest's kind with explicit loops in float64: the plain sum of -log s, or
+    minus the sum of the standardized log mean over class-c reference rows of exp(-D / T) per
+    term."""
     spec = det.manifest.nonconformity
     if spec.kind == "neg-log-score":
         return -math.log(max(s, 1e-12))
