@@ -8,7 +8,7 @@ per-sample or per-request values, so cardinality stays bounded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -114,11 +114,28 @@ class ServiceMetrics:
                 self.stage_duration.labels(model, stage).observe(result.timings[stage])
         self.samples_scored.labels(model).inc(n)
         self.outliers.labels(model).inc(int(np.count_nonzero(result.outlier)))
-        p_value = self.p_value.labels(model)
-        for value in np.asarray(result.p_value, dtype=float).tolist():
-            p_value.observe(value)
+        observe_many(self.p_value.labels(model), result.p_value)
         scores = np.asarray(result.soft_neighbor_score, dtype=float)
         for column, layer in enumerate(result.layers):
-            histogram = self.soft_neighbor_score.labels(model, layer)
-            for value in scores[:, column].tolist():
-                histogram.observe(value)
+            observe_many(self.soft_neighbor_score.labels(model, layer), scores[:, column])
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v of ``values``, in a few bulk additions.
+
+    ``histogram`` is one labeled child of a ``prometheus_client.Histogram``. A value lands in the
+    first bucket whose upper bound is >= it (``observe``'s rule, so ``np.searchsorted(bounds,
+    values, side="left")``); each bucket then gets its count in one ``inc`` and the sum gets
+    ``sum(values)`` in one ``inc``, instead of one locked update per value. NaN (above every
+    bound, as in ``observe``) counts in no bucket and makes the sum NaN. prometheus_client has
+    no public bulk observe, so this reads the child's ``_upper_bounds``, ``_buckets`` and
+    ``_sum`` (tests/service/test_metrics.py checks it against ``observe`` value by value).
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size == 0:
+        return
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket in np.flatnonzero(counts[: len(bounds)]).tolist():
+        histogram._buckets[bucket].inc(int(counts[bucket]))
+    histogram._sum.inc(float(values.sum()))
