@@ -29,6 +29,7 @@ from snnl.model.repository import (
     REFERENCE_FILE,
     Manifest,
     NeighborMass,
+    map_verified,
     read_model_files,
     read_verified,
 )
@@ -98,11 +99,12 @@ class Detector:
         missing, tampered or malformed file.
         """
         target = resolve_device(device)
-        manifest, files = read_model_files(repository, name)
+        manifest, files = read_model_files(repository, name, skip=(REFERENCE_FILE,))
         folder = Path(repository) / name
         layers = [layer.name for layer in manifest.layers]
+        mapped = map_verified(folder / REFERENCE_FILE, manifest.files[REFERENCE_FILE])
         reference = ReferenceSet.from_bytes(
-            files[REFERENCE_FILE], layers, device=target, source=folder / REFERENCE_FILE
+            mapped, layers, device=target, source=folder / REFERENCE_FILE
         )
         calibration = Calibration.from_bytes(
             files[CALIBRATION_FILE], layers, source=folder / CALIBRATION_FILE

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from snnl.errors import RepositoryError
+
+_Data = TypeVar("_Data", bytes, mmap.mmap)
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -155,8 +158,8 @@ def check_name(name: str) -> str:
     return name
 
 
-def sha256(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
+def sha256(data: bytes | mmap.mmap) -> str:
+    """Hex sha256 of ``data`` (bytes, or a memory-mapped file)."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -225,12 +228,18 @@ def load_manifest(repository: str | Path, name: str) -> Manifest:
     return manifest
 
 
-def read_model_files(repository: str | Path, name: str) -> tuple[Manifest, dict[str, bytes]]:
-    """The manifest and the bytes of every file it lists, each checked against its sha256."""
+def read_model_files(
+    repository: str | Path, name: str, *, skip: Collection[str] = ()
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its sha256.
+
+    Files named in ``skip`` are left to the caller (``map_verified``: large files, mapped)."""
     manifest = load_manifest(repository, name)
     folder = Path(repository) / name
     contents = {
-        file: read_verified(folder / file, digest) for file, digest in manifest.files.items()
+        file: read_verified(folder / file, digest)
+        for file, digest in manifest.files.items()
+        if file not in skip
     }
     return manifest, contents
 
@@ -239,7 +248,22 @@ def read_verified(path: Path, digest: str) -> bytes:
     """The bytes of ``path``; RepositoryError when it is missing or its sha256 is not ``digest``."""
     if not path.is_file():
         raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
-    data = path.read_bytes()
+    return _verified(path, path.read_bytes(), digest)
+
+
+def map_verified(path: Path, digest: str) -> mmap.mmap:
+    """``path`` memory-mapped copy-on-write (pages come from the page cache, shared with other
+    processes mapping the file, and are never written back); the sha256 is computed over the map
+    itself, so what was checked is what is used. RepositoryError as ``read_verified``."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    with path.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise RepositoryError(f"{path}: empty file")
+        return _verified(path, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY), digest)
+
+
+def _verified(path: Path, data: _Data, digest: str) -> _Data:
     if sha256(data) != digest:
         raise RepositoryError(
             f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
