@@ -1,6 +1,7 @@
 """Load test of ``snnl serve`` with ``wrk``: throughput and latency against in-process scoring.
 
     .venv/bin/python bench/load.py [--repository models] [--model digits-mlp] [--duration 10]
+        [--configs batching,no-wait,off] [--baseline /path/to/other/checkout]
         [--out bench/results/load.md]
 
 For each server configuration (batching: max batch 128 and a 2 ms wait; no wait: max batch 128,
@@ -14,8 +15,13 @@ Each row also times ``Detector.score`` in this process (the server's one scoring
 batch size the row compares with: the mean samples per scoring call the server ran (from its
 ``snnl_batch_size`` histogram) for 1-sample requests, the request's 256 samples for ``.npy``
 requests. ``HTTP / in-process`` is the row's samples/s over that in-process samples/s, measured
-right after the load on the same, equally busy machine. Writes a markdown table with the machine
-to ``--out`` and prints it.
+right after the load on the same, equally busy machine. ``server CPU per request`` is the
+server process's CPU time (user + system, both threads) over the requests answered: unlike
+requests/s it hardly depends on what else the machine runs, and 2 cores / that time bounds the
+requests/s of a quiet 2-core machine. ``--baseline DIR`` also serves another checkout (its
+``snnl`` and ``service`` packages, on ``PYTHONPATH``) beside this one and runs every load
+against it right before this one's, so a change is compared within one run. Writes a markdown
+table with the machine to ``--out`` and prints it.
 """
 
 from __future__ import annotations
@@ -40,10 +46,16 @@ from sklearn.datasets import load_digits
 from snnl.model.detector import Detector
 
 SNNL = str(Path(sys.executable).with_name("snnl"))
-CONFIGS: dict[str, dict[str, str]] = {
-    "batching (max 128, wait 2 ms)": {"max_batch_size": "128", "max_batch_wait_ms": "2"},
-    "no wait (max 128, wait 0 ms)": {"max_batch_size": "128", "max_batch_wait_ms": "0"},
-    "off (max batch 1)": {"max_batch_size": "1", "max_batch_wait_ms": "0"},
+CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
+    "batching": (
+        "batching (max 128, wait 2 ms)",
+        {"max_batch_size": "128", "max_batch_wait_ms": "2"},
+    ),
+    "no-wait": (
+        "no wait (max 128, wait 0 ms)",
+        {"max_batch_size": "128", "max_batch_wait_ms": "0"},
+    ),
+    "off": ("off (max batch 1)", {"max_batch_size": "1", "max_batch_wait_ms": "0"}),
 }
 # (label, samples per request, body kind, concurrency)
 LOADS: list[tuple[str, int, str, int]] = [
@@ -106,12 +118,14 @@ def bodies(folder: Path) -> tuple[dict[str, Path], np.ndarray]:
 
 
 def start(
-    repository: Path, settings: dict[str, str], log: Path
+    repository: Path, settings: dict[str, str], log: Path, pythonpath: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNNL_")}
     env.update({f"SNNL_{k.upper()}": v for k, v in settings.items()})
     env["SNNL_LOG_LEVEL"] = "WARNING"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [SNNL, "serve", "--repository", str(repository), "--port", str(port)],
@@ -151,6 +165,12 @@ def wrk(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batches(url: str, model: str) -> tuple[float, float]:
     """(samples, scoring calls) so far: snnl_batch_size_sum and _count of ``model``."""
     values = {"sum": 0.0, "count": 0.0}
@@ -173,51 +193,83 @@ def in_process(detector: Detector, x: np.ndarray, batch: int, seconds: float) ->
     return count * batch / (time.perf_counter() - start)
 
 
+def measure(
+    server: tuple[subprocess.Popen[bytes], str],
+    files: dict[str, Path],
+    script: Path,
+    model: str,
+    load: tuple[str, int, str, int],
+    seconds: float,
+) -> dict[str, float]:
+    """One load against one server: wrk's figures, mean batch, server CPU per request."""
+    process, url = server
+    _, samples, kind, concurrency = load
+    score = f"{url}/v1/models/{model}/score"
+    before, cpu = batches(url, model), cpu_seconds(process.pid)
+    r = wrk(score, script, files[kind], kind, concurrency, seconds)
+    cpu = cpu_seconds(process.pid) - cpu
+    after = batches(url, model)
+    requests = (after[0] - before[0]) / samples
+    r["batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+    r["cpu_ms"] = 1000 * cpu / max(requests, 1)
+    return r
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("models"))
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="of " + ", ".join(CONFIGS))
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the server's scoring thread (SNNL_SCORING_THREADS=1)
     detector = Detector.load(args.repository, args.model, device="cpu", threads=1)
+    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.baseline is not None:
+        checkouts.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
     lines = [
         f"Machine: {machine()} (before the run).",
         "",
-        "| server | requests | concurrency | requests/s | samples/s | p50 ms | p99 ms "
-        "| samples per scoring call | in-process samples/s at that batch | HTTP / in-process "
-        "| non-200 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| code | server | requests | concurrency | requests/s | samples/s | p50 ms | p99 ms "
+        "| samples per scoring call | server CPU ms per request "
+        "| in-process samples/s at that batch | HTTP / in-process | non-200 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         files, x = bodies(Path(tmp))
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
-        for name, settings in CONFIGS.items():
-            process, url = start(args.repository, settings, Path(tmp) / "server.log")
-            score = f"{url}/v1/models/{args.model}/score"
+        for key in args.configs.split(","):
+            name, settings = CONFIGS[key]
+            servers = [
+                start(args.repository, settings, Path(tmp) / f"server{i}.log", path)
+                for i, (_, path) in enumerate(checkouts)
+            ]
             try:
-                wrk(score, script, files["json"], "json", 16, 2.0)  # warm-up, not reported
-                for label, samples, kind, concurrency in LOADS:
-                    before = batches(url, args.model)
-                    r = wrk(score, script, files[kind], kind, concurrency, args.duration)
-                    after = batches(url, args.model)
-                    mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
-                    compare = samples if samples > 1 else max(round(mean_batch), 1)
-                    local = in_process(detector, x, compare, min(args.duration, 3.0))
-                    rate = r["rate"] * samples
-                    row = (
-                        f"| {name} | {label} | {concurrency} | {r['rate']:.0f} | {rate:.0f} | "
-                        f"{r['p50']:.1f} | {r['p99']:.1f} | {mean_batch:.1f} | "
-                        f"{local:.0f} (B = {compare}) | {rate / local:.2f} | {r['failed']:.0f} |"
-                    )
-                    lines.append(row)
-                    print(row, flush=True)
+                for _, url in servers:  # warm-up, not reported
+                    wrk(f"{url}/v1/models/{args.model}/score", script, files["json"], "json", 16, 2)
+                for load in LOADS:
+                    label, samples, _, concurrency = load
+                    for (code, _), server in zip(checkouts, servers, strict=True):
+                        r = measure(server, files, script, args.model, load, args.duration)
+                        compare = samples if samples > 1 else max(round(r["batch"]), 1)
+                        local = in_process(detector, x, compare, min(args.duration, 3.0))
+                        rate = r["rate"] * samples
+                        row = (
+                            f"| {code} | {name} | {label} | {concurrency} | {r['rate']:.0f} | "
+                            f"{rate:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['batch']:.1f} | "
+                            f"{r['cpu_ms']:.2f} | {local:.0f} (B = {compare}) | "
+                            f"{rate / local:.2f} | {r['failed']:.0f} |"
+                        )
+                        lines.append(row)
+                        print(row, flush=True)
             finally:
-                process.terminate()
-                process.wait(30)
+                for process, _ in servers:
+                    process.terminate()
+                    process.wait(30)
     lines += ["", f"Load average after the run: {os.getloadavg()[0]:.2f}."]
     print(lines[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)

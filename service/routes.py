@@ -163,8 +163,9 @@ async def score(model: str, request: Request) -> Response:
     else:
         if "alpha" in query or "neighbors" in query:
             raise MalformedRequest("query alpha/neighbors: with a JSON body give them in the body")
-        options = parse_json_object(body, ScoreRequest)
-        samples = model_batch(options.inputs, options.embeddings, served.spec)
+        parsed: ScoreRequest = parse_json_object(body, ScoreRequest)
+        samples = model_batch(parsed.inputs, parsed.embeddings, served.spec)
+        options = parsed
     neighbors = check_neighbors(options.neighbors, served.info.reference_size)
     request.state.batch_size = num_rows(samples)
     result = await served.batcher.submit(samples, alpha=options.alpha, neighbors=neighbors)
