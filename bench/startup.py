@@ -1,7 +1,7 @@
 """Start-up time and resident memory of ``snnl serve``: the default model and large references.
 
     .venv/bin/python bench/startup.py [--rows 1000000] [--dim 128] [--repeats 3]
-        [--out bench/results/startup.md]
+        [--baseline /path/to/other/checkout] [--out bench/results/startup.md]
 
 For each served repository it starts ``snnl serve`` on a free port and records the time from
 process start to the first ``/healthz`` 200 (imports, app, listening) and to the first
@@ -16,6 +16,8 @@ file is replaced by random label-sorted rows (the calibration stays the small mo
 p-values mean nothing, start-up and memory are what is measured). Resident memory per million
 reference rows is the difference between the two synthetic models over the difference in rows;
 the floor is the features themselves, rows x dim x 4 bytes (plus 8 bytes of label per row).
+``--baseline DIR`` also starts another checkout's server (its packages on ``PYTHONPATH``) on
+every repository, right before this one's.
 """
 
 from __future__ import annotations
@@ -81,11 +83,13 @@ def memory(pid: int) -> dict[str, float]:
     return values
 
 
-def start_once(repository: Path) -> dict[str, float]:
+def start_once(repository: Path, pythonpath: Path | None) -> dict[str, float]:
     """Seconds to /healthz and /readyz 200, and memory once ready, of one fresh server."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNNL_")}
     env["SNNL_LOG_LEVEL"] = "WARNING"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -120,14 +124,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--out", type=Path, default=Path("bench/results/startup.md"))
     args = parser.parse_args()
+    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.baseline is not None:
+        checkouts.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
     lines = [
         f"Machine: {machine()} (before the run). Medians of {args.repeats} starts.",
         "",
-        "| model | reference rows x dims | to /healthz s | to /readyz s | RSS MiB | anonymous "
-        "MiB | file-backed MiB | peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| code | model | reference rows x dims | to /healthz s | to /readyz s | RSS MiB "
+        "| anonymous MiB | file-backed MiB | peak RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,29 +143,38 @@ def main() -> None:
         for rows in (SMALL, args.rows):
             repository = synthetic(Path(tmp), rows, args.dim)
             served.append((f"synthetic {rows:,}", f"{rows:,} x {args.dim}", repository))
-        medians: dict[str, dict[str, float]] = {}
+        medians: dict[tuple[str, str], dict[str, float]] = {}
         for name, shape, repository in served:
-            runs = [start_once(repository) for _ in range(args.repeats)]
-            m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-            medians[name] = m
-            row = (
-                f"| {name} | {shape} | {m['healthz']:.2f} | {m['readyz']:.2f} | "
-                f"{m['VmRSS']:.0f} | {m['RssAnon']:.0f} | {m['RssFile']:.0f} | {m['VmHWM']:.0f} |"
-            )
-            lines.append(row)
-            print(row, flush=True)
-    small, large = medians[f"synthetic {SMALL:,}"], medians[f"synthetic {args.rows:,}"]
+            for code, path in checkouts:
+                runs = [start_once(repository, path) for _ in range(args.repeats)]
+                m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+                medians[code, name] = m
+                row = (
+                    f"| {code} | {name} | {shape} | {m['healthz']:.2f} | {m['readyz']:.2f} | "
+                    f"{m['VmRSS']:.0f} | {m['RssAnon']:.0f} | {m['RssFile']:.0f} | "
+                    f"{m['VmHWM']:.0f} |"
+                )
+                lines.append(row)
+                print(row, flush=True)
     millions = (args.rows - SMALL) / 1e6
     floor = (args.dim * 4 + 8) / 1.048576  # MiB per million rows
+    lines.append("")
+    for code, _ in checkouts:
+        small = medians[code, f"synthetic {SMALL:,}"]
+        large = medians[code, f"synthetic {args.rows:,}"]
+        lines.append(
+            f"- {code}, per million reference rows (d = {args.dim}): resident "
+            f"{(large['VmRSS'] - small['VmRSS']) / millions:.0f} MiB (anonymous "
+            f"{(large['RssAnon'] - small['RssAnon']) / millions:.0f}), peak "
+            f"{(large['VmHWM'] - small['VmHWM']) / millions:.0f} MiB, /readyz "
+            f"{(large['readyz'] - small['readyz']) / millions:.1f} s later."
+        )
     lines += [
         "",
-        f"Per million reference rows (d = {args.dim}): resident "
-        f"{(large['VmRSS'] - small['VmRSS']) / millions:.0f} MiB, peak "
-        f"{(large['VmHWM'] - small['VmHWM']) / millions:.0f} MiB, /readyz "
-        f"{(large['readyz'] - small['readyz']) / millions:.2f} s later; the features alone are "
-        f"{floor:.0f} MiB. Load average after the run: {os.getloadavg()[0]:.2f}.",
+        f"The features alone are {floor:.0f} MiB per million rows. "
+        f"Load average after the run: {os.getloadavg()[0]:.2f}.",
     ]
-    print(lines[-1])
+    print("\n".join(lines[-len(checkouts) - 3 :]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
