@@ -37,8 +37,9 @@ import torch
 from load import free_port, machine  # bench/load.py, next to this script
 
 from snnl.build.from_embeddings import index_embeddings
+from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.reference import ReferenceSet
-from snnl.model.repository import CALIBRATION_FILE, REFERENCE_FILE, load_manifest, write_model
+from snnl.model.store import load_manifest, write_model
 
 SNNL = str(Path(sys.executable).with_name("snnl"))
 CLASSES = 10

@@ -1,4 +1,4 @@
-"""The HTTP service: FastAPI app, dynamic batching, Prometheus metrics (SPEC §5, §6)."""
+"""The HTTP service: FastAPI app, dynamic batching, Prometheus metrics (docs/service.md)."""
 
 from __future__ import annotations
 

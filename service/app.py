@@ -50,8 +50,9 @@ def _configure_process(settings: Settings) -> None:
     """Process-wide settings of a serving process.
 
     Scoring uses ``scoring_threads`` intra-op threads (torch's pool is process-wide, ONNX
-    Runtime's is set per session), so the event loop keeps a core (RESEARCH.md, finding 11); and
-    /metrics carries exactly the SPEC §6 series (no ``_created`` companions).
+    Runtime's is set per session), so the event loop keeps a core (a scorer on all of 2 cores
+    starved the web process: limiting it to 1 thread doubled batched throughput); and /metrics
+    carries exactly the documented series (no ``_created`` companions).
     """
     torch.set_num_threads(settings.scoring_threads)
     disable_created_metrics()

@@ -28,13 +28,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from service.errors import TooLarge, Unavailable
 from service.metrics import ServiceMetrics, observe_many
-from service.worker import BatchRunner, Part, R, Samples, ScoreFn, num_rows, slice_rows
+from service.worker import BatchRunner, Part, R, ScoreFn
+from snnl.scoring.batch import Samples, num_rows, slice_rows
 
 T = TypeVar("T")
 
@@ -152,7 +154,7 @@ class DynamicBatcher(Generic[R]):
             for start in range(0, n, self.max_batch_size)
         ]  # fmt: skip
         for chunk in chunks:
-            chunk.future.add_done_callback(lambda _, c=chunk: self._forget_if_cancelled(c))
+            chunk.future.add_done_callback(partial(self._forget_if_cancelled, chunk))
         self._queue.extend(chunks)
         self._set_queued(self._queued_samples + n)
         self._arrived.set()
@@ -200,7 +202,7 @@ class DynamicBatcher(Generic[R]):
         self._queued_samples = samples
         self._metrics.queue_depth.labels(self.model).set(samples)
 
-    def _forget_if_cancelled(self, chunk: _Chunk[R]) -> None:
+    def _forget_if_cancelled(self, chunk: _Chunk[R], _done: object = None) -> None:
         if chunk.future.cancelled() and chunk.queued:
             chunk.queued = False
             self._queue.remove(chunk)

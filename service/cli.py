@@ -1,4 +1,4 @@
-"""``snnl serve``: the HTTP service (SPEC §5) on a model repository, with uvicorn.
+"""``snnl serve``: the HTTP service (docs/service.md) on a model repository, with uvicorn.
 
 Every flag is also an ``SNNL_*`` environment variable; a flag wins over its variable. The
 command registers itself with ``snnl`` through the ``snnl.commands`` entry point; the app is

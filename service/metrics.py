@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §6, all on one registry per app (tests stay isolated).
+"""The service's Prometheus metrics (docs/service.md), on one registry per app (tests isolated).
 
 Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
 model repository (model, layer, version), the fixed route names and HTTP status codes: no
@@ -25,13 +25,25 @@ UNIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, *(i / 10 for i in range(1, 10))
 
 
 class ScoredBatch(Protocol):
-    """What the metrics read from a scoring result (``snnl.ScoreResult`` fits)."""
+    """What the metrics read from a scoring result (``snnl.ScoreResult`` fits; read-only)."""
 
-    layers: tuple[str, ...]
-    soft_neighbor_score: np.ndarray  # (B, L)
-    p_value: np.ndarray  # (B,)
-    outlier: np.ndarray  # (B,) bool
-    timings: Mapping[str, float]
+    @property
+    def layers(self) -> tuple[str, ...]: ...
+
+    @property
+    def soft_neighbor_score(self) -> np.ndarray:  # (B, L)
+        ...
+
+    @property
+    def p_value(self) -> np.ndarray:  # (B,)
+        ...
+
+    @property
+    def outlier(self) -> np.ndarray:  # (B,) bool
+        ...
+
+    @property
+    def timings(self) -> Mapping[str, float]: ...
 
     def __len__(self) -> int: ...
 

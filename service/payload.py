@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
-from service.worker import Samples
+from snnl.scoring.batch import Samples
 from snnl.scoring.validation import check_embeddings, check_inputs
 
 NPY_MEDIA_TYPE = "application/x-npy"

@@ -1,4 +1,4 @@
-"""The endpoints of SPEC §5, thin: check, parse, submit to the model's batcher, shape the answer."""
+"""The HTTP endpoints, thin: check, parse, submit to the model's batcher, shape the answer."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from service.schemas import (
 )
 from service.security import check_api_key, read_body
 from service.state import ServiceState
-from service.worker import num_rows
+from snnl.scoring.batch import num_rows
 from snnl.scoring.validation import check_neighbors
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -1,5 +1,5 @@
-"""Request and response bodies of the HTTP API (SPEC §5), with OpenAPI examples that are a real
-request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
+"""Request and response bodies of the HTTP API (docs/service.md), with OpenAPI examples that
+are a real request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST, SCORE_RESPONSE
+from snnl.evaluation.embeddings import LayerEvaluation
 
 
 class ScoreOptions(BaseModel):
@@ -101,18 +102,6 @@ class ScoreResponse(BaseModel):
     results: list[SampleScore]
 
 
-class LayerEvaluation(BaseModel):
-    """One layer's entanglement on the labeled batch."""
-
-    name: str
-    distance: str
-    temperature: float | None = Field(description="The served temperature T_l.")
-    snnl: float | None = Field(description="SNNL of the batch at T_l.")
-    optimal_temperature: float = Field(description="T* = argmin_T SNNL(T).")
-    entanglement: float = Field(description="SNNL at T*.")
-    knn_accuracy: float = Field(description="Leave-one-out k-NN accuracy within the batch.")
-
-
 class EvaluateResponse(BaseModel):
     """The evaluation of one labeled batch."""
 
@@ -183,7 +172,7 @@ class CalibrationSummary(BaseModel):
 
 
 class ModelDetail(BaseModel):
-    """One model: its manifest (SPEC §3) and calibration summary."""
+    """One model: its manifest and calibration summary."""
 
     manifest: dict[str, Any]
     calibration: CalibrationSummary

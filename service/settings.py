@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SNNL_", extra="forbid", frozen=True)
 
     model_repository: Path = Field(
-        Path("models"), description="Model repository: one folder a model (SPEC §3)."
+        Path("models"), description="Model repository: one folder a model."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where models run: auto picks cuda when a GPU is present."

@@ -21,12 +21,13 @@ from service.metrics import ServiceMetrics
 from service.payload import InputSpec
 from service.schemas import CalibrationSummary, LayerInfo, ModelInfo
 from service.settings import Settings
-from service.worker import Samples, ScoreFn, slice_rows
+from service.worker import ScoreFn
 from snnl.errors import RepositoryError
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
-from snnl.model.repository import list_models
 from snnl.model.runtime import resolve_device
+from snnl.model.store import list_models
+from snnl.scoring.batch import Samples, slice_rows
 from snnl.scoring.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
@@ -55,16 +56,16 @@ class ServedModel:
         """Embedding evaluation of a labeled batch, run in the model's scoring thread (its
         samples count against the model's queue: 413 / 503 as for scoring)."""
         given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
-        evaluate = partial(evaluate_detector, self.detector, labels, **given)
+        evaluate = partial(evaluate_detector, self.detector, labels, validated=True, **given)
         evaluation = await self.batcher.call(evaluate, size=len(labels))
         return evaluation.to_dict()
 
 
 def _score_call(detector: Detector) -> ScoreFn[ScoreResult]:
-    """``score(samples, alpha, neighbors)`` for the batcher: raw samples or embeddings."""
-    if detector.input_shape is None:
-        return lambda s, alpha, k: detector.score_embeddings(s, alpha=alpha, neighbors=k)
-    return lambda s, alpha, k: detector.score(s, alpha=alpha, neighbors=k)
+    """``score(samples, alpha, neighbors)`` for the batcher. Every batch it sees was validated
+    once, when its request was parsed (service.payload, with the same checks as the Detector),
+    or built valid by the warm-up, so the Detector does not check it again."""
+    return lambda s, alpha, k: detector.score_samples(s, alpha=alpha, neighbors=k, validated=True)
 
 
 def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:

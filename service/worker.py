@@ -9,16 +9,12 @@ chunk, so a bad request fails alone and every chunk gets an outcome (a result or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import numpy as np
-
 from service.metrics import ScoredBatch
-
-Samples = np.ndarray | Mapping[str, np.ndarray]
-"""A batch: an array (B, *input_shape), or {layer: (B, d_l)} for embedding-only models."""
+from snnl.scoring.batch import Samples, concat_rows
 
 BatchKey = tuple[float | None, int]
 """(alpha, neighbors): requests are merged into one scoring call only when these agree."""
@@ -43,29 +39,6 @@ ScoreFn = Callable[[Samples, float | None, int], R]
 
 class BatchError(RuntimeError):
     """The scoring call broke its contract (wrong number of result rows)."""
-
-
-def num_rows(samples: Samples) -> int:
-    """B of an array (B, ...) or of {layer: (B, d)}."""
-    if isinstance(samples, np.ndarray):
-        return int(samples.shape[0])
-    return int(next(iter(samples.values())).shape[0])
-
-
-def slice_rows(samples: Samples, start: int, stop: int) -> Samples:
-    """Rows [start, stop) of an array or of every layer of {layer: (B, d)}."""
-    if isinstance(samples, np.ndarray):
-        return samples[start:stop]
-    return {layer: values[start:stop] for layer, values in samples.items()}
-
-
-def concat_rows(parts: Sequence[Samples]) -> Samples:
-    """The parts stacked along the rows (B_1 + ... + B_k, ...)."""
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts, axis=0)
-    return {layer: np.concatenate([p[layer] for p in parts], axis=0) for layer in parts[0]}
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,12 +69,15 @@ class BatchRunner(Generic[R]):
             groups.setdefault(part.key, []).append(index)
         outcomes: list[R | BaseException] = [BatchError("not run")] * len(batch)
         for (alpha, neighbors), members in groups.items():
-            parts = self._score_group([batch[i] for i in members], alpha, neighbors)
-            if isinstance(parts, BaseException) and len(members) > 1:
+            merged = self._score_group([batch[i] for i in members], alpha, neighbors)
+            parts: Sequence[R | BaseException]
+            if isinstance(merged, BaseException) and len(members) > 1:
                 alone = [self._score_group([batch[i]], alpha, neighbors) for i in members]
                 parts = [p if isinstance(p, BaseException) else p[0] for p in alone]
-            elif isinstance(parts, BaseException):
-                parts = [parts]
+            elif isinstance(merged, BaseException):
+                parts = [merged]
+            else:
+                parts = merged
             for i, outcome in zip(members, parts, strict=True):
                 outcomes[i] = outcome
         return outcomes

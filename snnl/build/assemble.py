@@ -10,7 +10,7 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
    sorted nonconformities a(x) of the chosen kind and per-layer scores are kept (snnl.scoring.conformal);
 4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
    manifest's provenance;
-5. the folder is written atomically with sha256s (snnl.model.repository).
+5. the folder is written atomically with sha256s (snnl.model.store).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,31 +27,21 @@ import numpy as np
 from pydantic import ValidationError
 
 from snnl.scoring.conformal import Calibration
-from snnl.model.detector import Detector
+from snnl.model.detector import DEFAULT_BATCH_SIZE, Detector
 from snnl.core.distances import Distance
 from snnl.errors import InputError
 from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
 from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.repository import (
-    CALIBRATION_FILE,
-    MODEL_FILE,
-    NONCONFORMITY_KINDS,
-    REFERENCE_FILE,
-    LayerSpec,
-    Manifest,
-    NegLogScore,
-    Nonconformity,
-    check_name,
-    write_model,
-)
+from snnl.model.manifest import CALIBRATION_FILE, LayerSpec, Manifest, Nonconformity, ONNX_FILE, REFERENCE_FILE, check_name
+from snnl.model.store import write_model
+from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
+from snnl.scoring.batch import Samples, num_rows, row_chunks
 from snnl.scoring.results import ScoreResult
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.temperature import entanglement
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 
-Inputs = np.ndarray | Mapping[str, np.ndarray]
 DEFAULT_NONCONFORMITY = "neighbor-mass"
-BATCH = 1024
 ENTANGLEMENT_POINTS = 1000  # reference rows (stratified) for T* and the entanglement
 
 
@@ -84,27 +74,13 @@ def default_created() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _rows(inputs: Inputs, start: int, stop: int) -> Inputs:
-    if isinstance(inputs, np.ndarray):
-        return inputs[start:stop]
-    return {name: x[start:stop] for name, x in inputs.items()}
-
-
-def _length(inputs: Inputs) -> int:
-    return len(inputs) if isinstance(inputs, np.ndarray) else len(next(iter(inputs.values())))
-
-
-def calibration_scores(detector: Detector, inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+def calibration_scores(detector: Detector, inputs: Samples) -> tuple[np.ndarray, np.ndarray]:
     """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
     in batches."""
+    checked = detector.check_samples(inputs)
     log_score, a = [], []
-    for start in range(0, _length(inputs), BATCH):
-        rows = _rows(inputs, start, start + BATCH)
-        if isinstance(rows, np.ndarray):
-            output = detector.forward(rows)
-            scores = detector.batch_scores(output.features, output.logits)
-        else:
-            scores = detector.batch_scores(rows, None)
+    for rows in row_chunks(checked, DEFAULT_BATCH_SIZE):
+        scores = detector.raw_scores(rows, validated=True)
         log_score.append(scores.log_score)
         a.append(detector.nonconformity(scores))
     return np.concatenate(log_score), np.concatenate(a)
@@ -117,18 +93,6 @@ def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonc
     return fit_neighbor_mass(
         served.features, served.labels, geometries=recipe.mass_geometries, seed=seed
     )
-
-
-def score_all(detector: Detector, inputs: Inputs) -> ScoreResult:
-    """``detector.score`` / ``score_embeddings`` over ``inputs`` in batches."""
-    parts = []
-    for start in range(0, _length(inputs), BATCH):
-        rows = _rows(inputs, start, start + BATCH)
-        if isinstance(rows, np.ndarray):
-            parts.append(detector.score(rows))
-        else:
-            parts.append(detector.score_embeddings(rows))
-    return ScoreResult.concatenate(parts)
 
 
 def _manifest(
@@ -177,9 +141,9 @@ def build_model(
     recipe: ModelRecipe,
     *,
     reference: ReferenceSet,
-    calibration_inputs: Inputs,
+    calibration_inputs: Samples,
     onnx_model: bytes | None = None,
-    test: tuple[Inputs, np.ndarray] | None = None,
+    test: tuple[Samples, np.ndarray] | None = None,
     device: str = "auto",
     seed: int = 0,
 ) -> Manifest:
@@ -195,7 +159,7 @@ def build_model(
     reference_bytes = reference.to_bytes(recipe.reference_dtype)
     served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
     try:
-        manifest = _manifest(recipe, served, _length(calibration_inputs), seed)
+        manifest = _manifest(recipe, served, num_rows(calibration_inputs), seed)
     except ValidationError as err:
         lines = str(err).splitlines()
         raise InputError(f"manifest of {recipe.name!r}: {'; '.join(lines[:3])}") from err
@@ -205,7 +169,7 @@ def build_model(
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration
-        result = score_all(calibrated, test[0])
+        result = ScoreResult.concatenate(list(calibrated.score_in_batches(test[0], DEFAULT_BATCH_SIZE)))
         manifest.provenance["test"] = {
             "size": len(result),
             "accuracy": float(np.mean(result.prediction == test[1])),
@@ -213,5 +177,5 @@ def build_model(
         }
     files = {REFERENCE_FILE: reference_bytes, CALIBRATION_FILE: calibration.to_bytes()}
     if onnx_model is not None:
-        files[MODEL_FILE] = onnx_model
+        files[ONNX_FILE] = onnx_model
     return write_model(repository, manifest, files)

@@ -21,7 +21,7 @@ from snnl.core.distances import Distance
 from snnl.errors import InputError
 from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.repository import Manifest
+from snnl.model.manifest import Manifest
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 
 DEFAULT_LAYER = "embedding"

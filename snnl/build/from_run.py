@@ -1,4 +1,4 @@
-"""``snnl export``: a training run -> a model folder of the repository (SPEC §3).
+"""``snnl export``: a training run -> a model folder of the repository.
 
 model.onnx takes raw samples ``input`` (B, *input_shape) float32 (the standardization is the
 net's first module, so it is inside the graph) and returns ``logits`` and one output per served
@@ -8,7 +8,7 @@ must satisfy |onnx - torch| <= 1e-5 + 1e-5 |torch| (absolute near zero, relative
 values: float32 rounding of logits of size ~10 differs by ~1e-5 between the two runtimes). The
 reference set is the training split's activations, the calibration set the run's calibration
 split (or a stratified re-split of its calibration + test pool). The nonconformity a(x) is
-``neighbor-mass`` by default (snnl.scoring.neighbor_mass) or SPEC §2's ``neg-log-score``.
+``neighbor-mass`` by default (snnl.scoring.neighbor_mass) or ``neg-log-score`` (sum_l -log s_l).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from snnl.core.distances import Distance
 from snnl.errors import InputError, SnnlError
 from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.repository import Manifest
+from snnl.model.manifest import Manifest
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.taps import LayerTaps
 from snnl.scoring.temperature_rule import DEFAULT_RULE
@@ -65,7 +65,7 @@ def export_onnx(net: nn.Module, layers: Sequence[str], input_shape: Sequence[int
         torch.onnx.export(
             wrapper,
             (torch.zeros(2, *input_shape),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the exporter also writes to a binary file object
             input_names=["input"],
             output_names=names[1:],
             dynamic_axes={name: {0: "batch"} for name in names},

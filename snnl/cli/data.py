@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.suffix != ".npz":
         raise InputError(f"--out: expected a .npz file name, got {args.out}")
     x, y = _source(args)
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Any]  # Any: numpy's savez stub takes **kwargs as a possible allow_pickle
     if args.noise is not None:
         arrays = {"x": uniform_noise(x, args.noise, args.seed)}
     elif args.transform is not None:

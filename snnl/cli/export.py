@@ -16,8 +16,8 @@ from pathlib import Path
 from snnl.build.assemble import DEFAULT_NONCONFORMITY
 from snnl.build.from_run import export_run
 from snnl.core.distances import DISTANCES
-from snnl.model.repository import NONCONFORMITY_KINDS
 from snnl.model.runtime import DEVICES
+from snnl.scoring.nonconformity import NONCONFORMITY_KINDS
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 
 

@@ -23,7 +23,7 @@ from snnl.errors import InputError
 from snnl.model.detector import Detector
 from snnl.model.runtime import DEVICES
 from snnl.scoring.results import ScoreResult
-from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
+from snnl.scoring.validation import check_alpha, check_neighbors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,11 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
-    """The validated samples, or for an embedding-only model {layer: (N, d)}, from ``path``.
-
-    The whole file is checked before anything is scored: an error names the sample's row in the
-    file and no partial output is written.
-    """
+    """The samples, or for an embedding-only model {layer: (N, d)}, from ``path``."""
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
@@ -73,25 +69,7 @@ def _read(path: Path, detector: Detector) -> np.ndarray | dict[str, np.ndarray]:
         if missing:
             raise InputError(f"{path}: missing key {missing[0]!r} (one (N, d) array per layer)")
         embeddings = {layer: arrays[layer] for layer in detector.layers}
-    try:
-        if detector.input_shape is not None:
-            return check_inputs(arrays["x"], detector.input_shape)
-        return check_embeddings(embeddings, {s.name: s.dim for s in detector.manifest.layers})
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from err
-
-
-def _batches(
-    detector: Detector, data: np.ndarray | dict[str, np.ndarray], args: argparse.Namespace
-) -> Iterator[ScoreResult]:
-    first = data if isinstance(data, np.ndarray) else next(iter(data.values()))
-    for start in range(0, len(first), args.batch_size):
-        stop = start + args.batch_size
-        if isinstance(data, np.ndarray):
-            yield detector.score(data[start:stop], alpha=args.alpha, neighbors=args.neighbors)
-        else:
-            rows = {layer: x[start:stop] for layer, x in data.items()}
-            yield detector.score_embeddings(rows, alpha=args.alpha, neighbors=args.neighbors)
+    return arrays["x"] if detector.input_shape is not None else embeddings
 
 
 def _write(results: Iterator[ScoreResult], out: TextIO) -> tuple[int, int, float]:
@@ -115,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector)
     try:
+        # The whole file is checked before anything is scored or the output file is opened.
+        results = detector.score_in_batches(
+            data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
+        )
         if args.out is None:
-            count, outliers, alpha = _write(_batches(detector, data, args), sys.stdout)
+            count, outliers, alpha = _write(results, sys.stdout)
         else:
             with args.out.open("w") as out:
-                count, outliers, alpha = _write(_batches(detector, data, args), out)
+                count, outliers, alpha = _write(results, out)
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
     print(

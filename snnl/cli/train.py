@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from snnl.training.loop import EpochRecord, prepare, train
+    from snnl.training.loop import EpochRecord, prepare_run, train
 
     settings = settings_from_args(args)
     if args.threads < 1:
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} exists and is not a directory")
-    start = prepare(settings)
+    start = prepare_run(settings)
     args.out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable --out before training
     with tqdm(total=settings.epochs, desc="train", unit="epoch", file=sys.stderr) as bar:
 

@@ -1,6 +1,6 @@
 """Pairwise distances between a query matrix and a reference matrix.
 
-Both distances of SPEC §2:
+Both distances the loss and the scores use:
 
 * ``cosine``:    D(a, b) = 1 - <a, b> / (|a| |b|), in [0, 2]
 * ``euclidean``: D(a, b) = |a - b|^2 (squared L2, as in Frosst et al. 2019)

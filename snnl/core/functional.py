@@ -1,4 +1,4 @@
-"""The math of SPEC §2 as pure functions on tensors, always in log space.
+"""The soft nearest neighbor loss (docs/method.md) as pure functions on tensors, in log space.
 
 Batch SNNL (Salakhutdinov & Hinton 2007; Frosst, Papernot & Hinton 2019), for rows (h_i, y_i):
 
@@ -68,17 +68,27 @@ def per_row_snnl(
 
 
 def per_row_snnl_from_distances(
-    distances: torch.Tensor, y: torch.Tensor, temperature: float | torch.Tensor
+    distances: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float | torch.Tensor,
+    *,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_row_snnl`` on a precomputed symmetric distance matrix (B, B) (diagonal ignored).
+    """``per_row_snnl`` on precomputed distances: the terms and partner mask of batch rows
+    ``rows`` (R,) from their distances (R, B) to every row of the batch, labels ``y`` (B,).
 
+    ``rows`` defaults to all B rows (a square (B, B) matrix); the distance of a row to itself is
+    ignored. Passing a few rows at a time gives the exact batch terms in O(R * B) memory.
     ``temperature``: a positive finite float, or a one-element tensor (e.g. 0-dim, differentiable)
     whose positivity is the caller's responsibility (checking it would synchronize a GPU).
     """
     check_temperature(temperature)
+    if rows is None:
+        rows = torch.arange(distances.shape[0], device=distances.device)
     logits = -distances / temperature
-    not_self = ~torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
-    same = (y.unsqueeze(0) == y.unsqueeze(1)) & not_self
+    not_self = torch.ones_like(distances, dtype=torch.bool)
+    not_self[torch.arange(len(rows), device=distances.device), rows] = False
+    same = (y[rows].unsqueeze(1) == y.unsqueeze(0)) & not_self
     has_partner = same.any(dim=1)
     lse_all = masked_logsumexp(logits, not_self)
     lse_same = masked_logsumexp(logits, same)
@@ -93,7 +103,7 @@ def soft_nearest_neighbor_loss(
     distance: Distance = "cosine",
     eps: float = 0.0,
 ) -> torch.Tensor:
-    """The batch SNNL of SPEC §2: a 0-dim tensor, differentiable in ``x`` and ``temperature``.
+    """The batch SNNL: a 0-dim tensor, differentiable in ``x`` and ``temperature``.
 
     ``eps > 0`` bounds each row's term as -log(eps + p_i) <= -log(eps) (Frosst et al.'s
     original code used eps = 1e-5, a cap of about 11.5). Maximizing the unbounded SNNL

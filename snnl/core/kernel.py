@@ -109,7 +109,7 @@ def slice_logsumexp(
         top = z.amax(1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         weights = (z - top).clamp_min_(EXP_FLOOR).exp_()
-        if hit is not None:
+        if hit is not None and exclude is not None:
             weights[hit, exclude[hit] - begin] = 0.0
         result = torch.logaddexp(result, weights.sum(1).log_() + top[:, 0])
     return result

@@ -1,9 +1,9 @@
 """Temperatures: the optimal temperature search, entanglement, and the annealing schedule.
 
-T* = argmin_T SNNL(T) over a labeled set, searched on log T (SPEC §2); the entanglement of a
+T* = argmin_T SNNL(T) over a labeled set, searched on log T; the entanglement of a
 layer is SNNL(T*). On perfectly clustered features SNNL decreases monotonically as T -> 0, so
-T* sits at the lower bound (RESEARCH §3): that is the honest answer for entanglement, but not a
-temperature to serve: export applies a guarded rule (SPEC §2).
+T* sits at the lower bound (docs/method.md): that is the honest answer for entanglement, but not a
+temperature to serve: export applies a guarded rule (snnl.scoring.temperature_rule).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ detector gives a score per sample, higher = more in-distribution:
   without its ties);
 * ``msp``, ``energy``: from the logits; ``mahalanobis``, ``knn``: from the penultimate layer
   (the manifest's last layer), fitted on the model's reference set (``snnl.evaluation.baselines``);
-* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), SPEC §2's starting point
+* ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), the ratio score's nonconformity
   (the fraction of soft-neighbor mass in the predicted class), for comparison.
 
 Per OOD set and detector: AUROC, FPR at 95% TPR and AUPR with ID positive
@@ -28,7 +28,9 @@ from snnl.errors import InputError
 from snnl.evaluation.baselines import BaselineDetector, default_baselines
 from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_embeddings
 from snnl.evaluation.ood_metrics import OODMetrics, ood_metrics
+from snnl.scoring.batch import Samples
 from snnl.scoring.conformal import nonconformity as neg_log_score
+from snnl.scoring.results import ScoreResult
 
 if TYPE_CHECKING:
     from snnl.model.detector import Detector
@@ -37,20 +39,6 @@ SOFT_NEIGHBOR = "soft_neighbor"
 DETECTORS: tuple[str, ...] = (SOFT_NEIGHBOR, "msp", "energy", "mahalanobis", "knn")
 RATIO = "soft_neighbor_ratio"
 BATCH_SIZE = 512
-
-
-@dataclass
-class ModelOutputs:
-    """Everything the detectors need about one set: logits (B, C) or None for an
-    embedding-only model, features {layer: (B, d)}, the soft-neighbor scores s_l (B, L),
-    the served nonconformity and flags."""
-
-    logits: np.ndarray | None
-    features: dict[str, np.ndarray]
-    prediction: np.ndarray
-    soft_neighbor_score: np.ndarray
-    nonconformity: np.ndarray
-    outlier: np.ndarray
 
 
 @dataclass
@@ -75,7 +63,7 @@ class Evaluation:
         return {layer.name: layer.entanglement for layer in self.layers.layers}
 
     def to_json(self) -> dict[str, Any]:
-        """report.json: SPEC §4 keys (accuracy, flag_false_positive_rate, entanglement, ood)
+        """report.json: the report keys (accuracy, flag_false_positive_rate, entanglement, ood)
         plus model, version, alpha, nonconformity, sizes and the per-layer evaluation."""
         return {
             "model": self.model,
@@ -95,38 +83,22 @@ class Evaluation:
         }
 
 
-def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ModelOutputs:
-    """Run ``det`` over x in batches: logits and served-layer features, and its scores.
+def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) -> ScoreResult:
+    """Run ``det`` over x in batches: its scores with the logits (None for an embedding-only
+    model) and served-layer features {layer: (N, d)} of the same forward pass.
 
     For an embedding-only model x must be (N, d) embeddings of its single served layer.
     """
-    logits: list[np.ndarray] = []
-    features: dict[str, list[np.ndarray]] = {layer: [] for layer in det.layers}
-    results = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        if det.input_shape is None:
-            if len(det.layers) != 1:
-                raise InputError(
-                    f"x: an embedding-only model with layers {list(det.layers)} needs one "
-                    "embedding per layer; evaluate supports single-layer models"
-                )
-            embeddings = {det.layers[0]: chunk.reshape(len(chunk), -1)}
-            results.append(det.score_embeddings(embeddings))
-            features[det.layers[0]].append(embeddings[det.layers[0]])
-            continue
-        out = det.forward(chunk)
-        logits.append(out.logits)
-        for layer in det.layers:
-            features[layer].append(out.features[layer])
-        results.append(det.score(chunk))
-    return ModelOutputs(
-        logits=np.concatenate(logits) if logits else None,
-        features={layer: np.concatenate(parts) for layer, parts in features.items()},
-        prediction=np.concatenate([r.prediction for r in results]),
-        soft_neighbor_score=np.concatenate([r.soft_neighbor_score for r in results]),
-        nonconformity=np.concatenate([r.nonconformity for r in results]),
-        outlier=np.concatenate([r.outlier for r in results]),
+    samples: Samples = x
+    if det.input_shape is None:
+        if len(det.layers) != 1:
+            raise InputError(
+                f"x: an embedding-only model with layers {list(det.layers)} needs one "
+                "embedding per layer; evaluate supports single-layer models"
+            )
+        samples = {det.layers[0]: x.reshape(len(x), -1)}
+    return ScoreResult.concatenate(
+        list(det.score_in_batches(samples, batch_size, with_features=True))
     )
 
 
@@ -148,9 +120,10 @@ def fit_baselines(
 
 
 def detector_scores(
-    outputs: ModelOutputs, baselines: list[BaselineDetector], penultimate: str
+    outputs: ScoreResult, baselines: list[BaselineDetector], penultimate: str
 ) -> dict[str, np.ndarray]:
-    """{detector: ID scores (B,)}, higher = more in-distribution."""
+    """{detector: scores (B,)} of a ``model_outputs`` result, higher = more in-distribution."""
+    assert outputs.features is not None  # model_outputs asks for them
     scores = {SOFT_NEIGHBOR: -outputs.nonconformity.astype(np.float64)}
     logits = outputs.logits
     if logits is None:
@@ -203,6 +176,7 @@ def evaluate(
         ood[stem] = {
             name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores
         }
+    assert id_out.features is not None  # model_outputs asks for them
     layers = evaluate_embeddings(
         id_out.features,
         id_y,

@@ -1,4 +1,5 @@
-"""Embedding evaluation (SPEC §2): how entangled each layer's representation of a labeled set is.
+"""Embedding evaluation (docs/method.md): how entangled each layer's representation of a
+labeled set is.
 
 Per layer, on a labeled set of N rows (h_i, y_i):
 
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 
 from snnl.core.distances import Distance, check_distance, pairwise_distances_prepared, prepare
-from snnl.core.functional import masked_logsumexp
+from snnl.core.functional import per_row_snnl_from_distances
 from snnl.core.temperature import entanglement
 from snnl.errors import InputError
+from snnl.scoring.batch import Samples, num_rows
 
 if TYPE_CHECKING:
     from snnl.model.detector import Detector
@@ -36,7 +38,10 @@ _ROW_CHUNK = 512
 
 @dataclass(frozen=True)
 class LayerEvaluation:
-    """One layer's entanglement figures (``snnl`` and ``temperature`` are None without T_l)."""
+    """One layer's entanglement on a labeled set: ``temperature`` the served T_l and ``snnl``
+    the set's SNNL at T_l (both None without a T_l); ``optimal_temperature`` T* = argmin_T
+    SNNL(T) and ``entanglement`` SNNL(T*); ``knn_accuracy`` the leave-one-out k-NN accuracy
+    within the set. Also the per-layer item of the HTTP /evaluate response."""
 
     name: str
     distance: str
@@ -108,14 +113,13 @@ def snnl_and_knn_accuracy(
     for start in range(0, n, _ROW_CHUNK):
         rows = torch.arange(start, min(start + _ROW_CHUNK, n))
         dist = pairwise_distances_prepared(x[rows], x, distance)
+        if temperature is not None:
+            row_terms, has_partner = per_row_snnl_from_distances(
+                dist, labels, temperature, rows=rows
+            )
+            terms.append(row_terms[has_partner])
         not_self = torch.ones_like(dist, dtype=torch.bool)
         not_self[torch.arange(len(rows)), rows] = False
-        if temperature is not None:
-            logits = -dist / temperature
-            same = (labels[rows].unsqueeze(1) == labels.unsqueeze(0)) & not_self
-            has_partner = same.any(dim=1)
-            lse = masked_logsumexp(logits, not_self) - masked_logsumexp(logits, same)
-            terms.append(lse[has_partner])
         nearest = dist.masked_fill(~not_self, float("inf")).topk(k, dim=1, largest=False).indices
         votes = torch.zeros(len(rows), num_classes, dtype=torch.int64)
         votes.scatter_add_(1, labels[nearest], torch.ones_like(nearest))
@@ -177,28 +181,26 @@ def evaluate_detector(
     embeddings: Mapping[str, np.ndarray] | None = None,
     alpha: float | None = None,
     k: int = DEFAULT_K,
+    validated: bool = False,
 ) -> EmbeddingEvaluation:
     """Evaluate a labeled batch with a served model: ``inputs`` (B, *input_shape) for a model
     with a network, ``embeddings`` {layer: (B, d_l)} for an embedding-only one.
 
     Per served layer as ``evaluate_embeddings`` at the manifest's temperature and distance, plus
     the accuracy (prediction == label) and the outlier rate (flag at ``alpha``) of ``det.score``.
+    ``validated=True``: the samples already passed ``det.check_samples``.
     """
     if (inputs is None) == (embeddings is None):
         raise InputError("give either inputs or embeddings")
-    n = len(inputs) if inputs is not None else len(next(iter(embeddings.values()), []))  # type: ignore[union-attr]
-    y = _check_labels(labels, n)
+    samples: Samples = inputs if inputs is not None else dict(embeddings or {})
+    y = _check_labels(labels, num_rows(samples))
     if y.size and y.max() >= len(det.class_names):
         raise InputError(
             f"labels: expected class ids in 0..{len(det.class_names) - 1}, got {y.max()}"
         )
-    if inputs is not None:
-        features = det.forward(inputs).features
-        result = det.score(inputs, alpha=alpha)
-    else:
-        assert embeddings is not None
-        result = det.score_embeddings(embeddings, alpha=alpha)
-        features = dict(embeddings)
+    result = det.score_samples(samples, alpha=alpha, validated=validated, with_features=True)
+    features = result.features
+    assert features is not None  # asked for with_features
     specs = det.manifest.layers
     evaluation = evaluate_embeddings(
         {layer.name: features[layer.name] for layer in specs},

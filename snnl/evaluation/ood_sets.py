@@ -28,10 +28,11 @@ def uniform_noise(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return rng.uniform(lo, hi, size=(n, *x.shape[1:])).astype(np.float32)
 
 
-def _parse(spec: str) -> tuple[str, float | None]:
+def _parse(spec: str) -> tuple[str, float]:
+    """(name, F) of ``spec``; F is 0 for the transforms without a parameter."""
     name, _, value = spec.partition("=")
     if name in ("invert", "permute") and not value:
-        return name, None
+        return name, 0.0
     if name in ("scale", "shift") and value:
         try:
             return name, float(value)

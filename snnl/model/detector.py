@@ -14,7 +14,8 @@ loading: ``score`` may be called from any thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +23,21 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from snnl.errors import InputError, RepositoryError
+from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE, Manifest
 from snnl.model.reference import ReferenceSet
-from snnl.model.repository import (
-    CALIBRATION_FILE,
-    MODEL_FILE,
-    REFERENCE_FILE,
-    Manifest,
-    NeighborMass,
-    map_verified,
-    read_model_files,
-    read_verified,
-)
 from snnl.model.runtime import ForwardOutput, OnnxRunner, resolve_device
+from snnl.model.store import map_verified, read_model_files, read_verified
+from snnl.scoring.batch import Samples, row_chunks
 from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
 from snnl.scoring.conformal import nonconformity as neg_log_score
+from snnl.scoring.nonconformity import NeighborMass
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
-__all__ = ["Detector", "ForwardOutput", "ScoreResult"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Detector", "ForwardOutput", "ScoreResult"]
+
+DEFAULT_BATCH_SIZE = 1024
 
 
 class Detector:
@@ -112,7 +109,7 @@ class Detector:
         runner = None
         if not manifest.embedding_only:
             runner = OnnxRunner(
-                files[MODEL_FILE], layers, target, threads=threads, source=str(folder / MODEL_FILE)
+                files[ONNX_FILE], layers, target, threads=threads, source=str(folder / ONNX_FILE)
             )
         _check_consistency(manifest, reference, calibration, runner, folder)
         return cls(
@@ -153,11 +150,28 @@ class Detector:
         """The ONNX Runtime execution provider in use, None for an embedding-only model."""
         return None if self._runner is None else self._runner.provider
 
-    def forward(self, x: np.ndarray) -> ForwardOutput:
-        """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32."""
+    def forward(self, x: np.ndarray, *, validated: bool = False) -> ForwardOutput:
+        """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32.
+
+        ``validated=True``: ``x`` already passed ``check_samples`` (float32, (B, *input_shape)),
+        so it is not checked again."""
         if self._runner is None or self.input_shape is None:
             raise InputError(f"model {self.name!r} is embedding-only: send embeddings, not inputs")
-        return self._runner.run(check_inputs(x, self.input_shape))
+        return self._runner.run(x if validated else check_inputs(x, self.input_shape))
+
+    def check_samples(self, samples: Samples) -> Samples:
+        """``samples`` validated for this model: raw inputs (B, *input_shape) as float32 for a
+        model with a network, {layer: (B, d_l)} float32 for an embedding-only one; InputError
+        names the field otherwise. What ``score_samples(..., validated=True)`` expects."""
+        if self.input_shape is None:
+            if isinstance(samples, np.ndarray):
+                raise InputError(
+                    f"model {self.name!r} is embedding-only: send embeddings, not inputs"
+                )
+            return check_embeddings(samples, self._dims)
+        if not isinstance(samples, np.ndarray):
+            raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
+        return check_inputs(samples, self.input_shape)
 
     def reference_features(self, layer: str) -> np.ndarray:
         """The stored reference matrix (N, d) of ``layer`` as float32, rows in stored order,
@@ -184,25 +198,46 @@ class Detector:
             queries, predicted, k=self.manifest.neighbors, neighbors=neighbors
         )
 
+    def raw_scores(self, samples: Samples, *, validated: bool = False) -> BatchScores:
+        """Soft-neighbor scores of ``samples`` (inputs or {layer: embeddings}) without
+        calibration: what the builder calibrates on."""
+        if not validated:
+            samples = self.check_samples(samples)
+        if isinstance(samples, np.ndarray):
+            output = self.forward(samples, validated=True)
+            return self.batch_scores(output.features, output.logits)
+        return self.batch_scores(samples, None)
+
     def nonconformity(self, scores: BatchScores) -> np.ndarray:
         """a (B,) of the manifest's kind: the neighbor-mass sum (snnl.scoring.neighbor_mass) or
-        SPEC §2's
-        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal)."""
+        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal); see docs/method.md."""
         spec = self.manifest.nonconformity
         if isinstance(spec, NeighborMass):
             return mass_nonconformity(scores.log_mass, spec)
         return neg_log_score(scores.log_score)
 
     def score(
-        self, x: np.ndarray, *, alpha: float | None = None, neighbors: int = 0
+        self,
+        x: np.ndarray,
+        *,
+        alpha: float | None = None,
+        neighbors: int = 0,
+        validated: bool = False,
+        with_features: bool = False,
     ) -> ScoreResult:
-        """Score samples ``x`` (B, *input_shape) or (B, prod(input_shape))."""
+        """Score samples ``x`` (B, *input_shape) or (B, prod(input_shape)).
+
+        ``validated=True``: ``x`` already passed ``check_samples``. ``with_features=True``: the
+        result also carries the logits and the served-layer features of the forward pass."""
         alpha = check_alpha(alpha, self.manifest.alpha)
         neighbors = check_neighbors(neighbors, self._scorer.reference_size)
         start = time.perf_counter()
-        output = self.forward(x)
+        output = self.forward(x, validated=validated)
         forward = time.perf_counter() - start
-        return self._finish(output.features, output.logits, alpha, neighbors, forward)
+        result = self._finish(output.features, output.logits, alpha, neighbors, forward)
+        if with_features:
+            return replace(result, logits=output.logits, features=output.features)
+        return result
 
     def score_embeddings(
         self,
@@ -210,14 +245,70 @@ class Detector:
         *,
         alpha: float | None = None,
         neighbors: int = 0,
+        validated: bool = False,
+        with_features: bool = False,
     ) -> ScoreResult:
-        """Score layer representations {layer: (B, d_l)} of an embedding-only model."""
+        """Score layer representations {layer: (B, d_l)} of an embedding-only model
+        (``validated``, ``with_features``: as for ``score``; the features are the embeddings)."""
         if self._runner is not None:
             raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
         alpha = check_alpha(alpha, self.manifest.alpha)
         neighbors = check_neighbors(neighbors, self._scorer.reference_size)
-        features = check_embeddings(embeddings, self._dims)
-        return self._finish(features, None, alpha, neighbors, 0.0)
+        features = dict(embeddings) if validated else check_embeddings(embeddings, self._dims)
+        result = self._finish(features, None, alpha, neighbors, 0.0)
+        return replace(result, features=features) if with_features else result
+
+    def score_samples(
+        self,
+        samples: Samples,
+        *,
+        alpha: float | None = None,
+        neighbors: int = 0,
+        validated: bool = False,
+        with_features: bool = False,
+    ) -> ScoreResult:
+        """``score`` for an array, ``score_embeddings`` for {layer: (B, d_l)}."""
+        if isinstance(samples, np.ndarray):
+            return self.score(
+                samples,
+                alpha=alpha,
+                neighbors=neighbors,
+                validated=validated,
+                with_features=with_features,
+            )
+        return self.score_embeddings(
+            samples,
+            alpha=alpha,
+            neighbors=neighbors,
+            validated=validated,
+            with_features=with_features,
+        )
+
+    def score_in_batches(
+        self,
+        samples: Samples,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        alpha: float | None = None,
+        neighbors: int = 0,
+        with_features: bool = False,
+    ) -> Iterator[ScoreResult]:
+        """``score_samples`` over consecutive chunks of at most ``batch_size`` rows, in order.
+
+        Everything is checked by this call, before the iterator scores its first chunk
+        (samples, alpha, neighbors), so a bad row fails up front and a consumer never sees
+        partial output."""
+        if batch_size < 1:
+            raise InputError(f"batch_size: expected >= 1, got {batch_size}")
+        checked = self.check_samples(samples)
+        alpha = check_alpha(alpha, self.manifest.alpha)
+        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
+        return (
+            self.score_samples(
+                rows, alpha=alpha, neighbors=neighbors, validated=True, with_features=with_features
+            )
+            for rows in row_chunks(checked, batch_size)
+        )
 
     def _finish(
         self,
@@ -301,6 +392,6 @@ def _check_consistency(
         for output, width in runner.widths.items():
             if width is not None and width != expected[output]:
                 raise RepositoryError(
-                    f"{folder / MODEL_FILE}: output {output!r} has width {width}, "
+                    f"{folder / ONNX_FILE}: output {output!r} has width {width}, "
                     f"the manifest says {expected[output]}"
                 )

@@ -118,7 +118,7 @@ class ReferenceSet:
         """Parse reference.safetensors for ``layers`` and put it on ``device`` once (features
         keep their stored dtype); RepositoryError names ``source`` and the bad tensor.
 
-        From a memory-mapped file (``snnl.model.repository.map_verified``) the CPU tensors are
+        From a memory-mapped file (``snnl.model.store.map_verified``) the CPU tensors are
         views of the map: no copy, and the pages stay file-backed (shared by every process
         serving the file, reclaimable by the kernel)."""
         try:

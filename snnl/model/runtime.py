@@ -1,8 +1,8 @@
 """Inference backends: the device choice, and an ONNX Runtime session for a served model.
 
 The ONNX model has input ``input`` (B, *input_shape) float32 and outputs ``logits`` (B, C) and one
-(B, d_l) output per served layer (SPEC §3). On ``cuda`` the session uses ONNX Runtime's
-CUDAExecutionProvider when it can, else the CPUExecutionProvider.
+(B, d_l) output per served layer, named after the layer. On ``cuda`` the session uses ONNX
+Runtime's CUDAExecutionProvider when it can, else the CPUExecutionProvider.
 """
 
 from __future__ import annotations

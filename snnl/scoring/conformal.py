@@ -1,6 +1,6 @@
 """Conformal calibration of the soft-neighbor scores: nonconformity, p-values, the outlier flag.
 
-SPEC §2, with n calibration points scored exactly like queries:
+With n calibration points scored exactly like queries (docs/method.md):
 
     a(x)   = sum_l -log max(s_l(x), 1e-12)       (kind "neg-log-score"; the served default is
                                                   "neighbor-mass", snnl.scoring.neighbor_mass)
@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from snnl.errors import RepositoryError
-from snnl.model.repository import NeighborMass
+from snnl.scoring.nonconformity import NeighborMass
 
 SCORE_FLOOR = 1e-12
 _LOG_FLOOR = math.log(SCORE_FLOOR)
@@ -63,7 +63,7 @@ class Calibration:
         cls, layers: Sequence[str], log_score: np.ndarray, a: np.ndarray | None = None
     ) -> Calibration:
         """Calibration from the log-scores (n, L) of the calibration points, layers in order,
-        and their nonconformities ``a`` (n,) (default: SPEC §2's ``nonconformity(log_score)``)."""
+        and their nonconformities ``a`` (n,) (default: ``nonconformity(log_score)``)."""
         log_score = np.asarray(log_score, dtype=np.float64)
         if log_score.ndim != 2 or log_score.shape[1] != len(layers) or log_score.shape[0] < 1:
             raise ValueError(f"log_score must be (n >= 1, L={len(layers)}), got {log_score.shape}")

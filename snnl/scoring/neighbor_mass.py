@@ -31,7 +31,7 @@ from snnl.core.distances import Distance, check_distance
 from snnl.core.kernel import ReferenceKernel, class_log_mass
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
-from snnl.model.repository import MassTerm, NeighborMass
+from snnl.scoring.nonconformity import MassTerm, NeighborMass
 from snnl.scoring.temperature_rule import perplexity_temperature
 
 DEFAULT_PERPLEXITY = 30.0

@@ -19,17 +19,20 @@ _PER_SAMPLE = (
     "same_class_neighbors",
     "layer_p_value",
     "neighbor_ids",
+    "logits",
 )
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Scores of B samples over the L served ``layers`` (SPEC §2, §4).
+    """Scores of B samples over the L served ``layers`` (docs/method.md).
 
     prediction (B,) int64; confidence, nonconformity, p_value (B,) float64; outlier (B,) bool;
     soft_neighbor_score, layer_p_value (B, L) float64; same_class_neighbors (B, L) int64;
     neighbor_ids (B, L, m) int64 or None; ``alpha`` the flag level used; ``timings`` seconds spent
-    per stage (forward, neighbors, calibrate) on the whole batch.
+    per stage (forward, neighbors, calibrate) on the whole batch. Only when asked for
+    (``Detector.score(..., with_features=True)``): ``logits`` (B, C) float32 (None for an
+    embedding-only model) and ``features`` {layer: (B, d_l)}, the representations that were scored.
     """
 
     layers: tuple[str, ...]
@@ -45,6 +48,8 @@ class ScoreResult:
     neighbor_ids: np.ndarray | None
     alpha: float
     timings: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None
+    features: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])
@@ -53,13 +58,14 @@ class ScoreResult:
         """Rows ``index`` (a slice) of every per-sample array; timings stay the batch's."""
         if not isinstance(index, slice):
             raise TypeError(f"ScoreResult supports slices only, got {type(index).__name__}")
-        return replace(
-            self,
-            **{
-                name: None if getattr(self, name) is None else getattr(self, name)[index]
-                for name in _PER_SAMPLE
-            },
-        )
+        features = None
+        if self.features is not None:
+            features = {layer: values[index] for layer, values in self.features.items()}
+        rows: dict[str, Any] = {
+            name: None if getattr(self, name) is None else getattr(self, name)[index]
+            for name in _PER_SAMPLE
+        }
+        return replace(self, features=features, **rows)
 
     @classmethod
     def concatenate(cls, results: Sequence[ScoreResult]) -> ScoreResult:
@@ -86,10 +92,16 @@ class ScoreResult:
                 parts = [getattr(r, f.name) for r in results]
                 arrays[f.name] = None if parts[0] is None else np.concatenate(parts)
         timings = {s: sum(r.timings.get(s, 0.0) for r in results) for s in first.timings}
-        return replace(first, timings=timings, **arrays)
+        features = None
+        if all(r.features is not None for r in results) and first.features is not None:
+            features = {
+                layer: np.concatenate([r.features[layer] for r in results if r.features])
+                for layer in first.features
+            }
+        return replace(first, timings=timings, features=features, **arrays)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per sample, the SPEC §5 "results" item (plain Python types, JSON-ready).
+        """One dict per sample, the HTTP API's "results" item (plain Python types, JSON-ready).
 
         Each column is converted once with ``tolist`` (the same Python floats, ints and bools as
         converting element by element), then the records are zipped from the columns.

@@ -1,6 +1,6 @@
 """The served temperature T_l of a layer, chosen at export from in-distribution data only.
 
-The minimum-SNNL temperature collapses to T -> 0 on cleanly clustered layers (RESEARCH §3), where
+The minimum-SNNL temperature collapses to T -> 0 on cleanly clustered layers (docs/method.md), where
 the soft-neighbor score degenerates into a 1-nearest-neighbor vote. Rules (a spec string):
 
 * ``perplexity:P``: T such that the soft neighborhood of a reference point, left out of the

@@ -1,4 +1,4 @@
-"""Datasets (``digits``, ``mnist1d``, ``.npz`` files of SPEC §3) and the seeded splits.
+"""Datasets (``digits``, ``mnist1d``, ``.npz`` files with ``x`` and ``y``) and the seeded splits.
 
 Samples are float32 (N, *input_shape); labels are remapped to 0..C-1 (sorted original ids), and
 ``class_names`` keeps the original ids as strings. The split is stratified and seeded:
@@ -78,7 +78,7 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
 def read_npz(
     path: str | Path, *, require_labels: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` (N, *shape) float32 and ``y`` (N,) int64 from a SPEC §3 ``.npz`` file.
+    """``x`` (N, *shape) float32 and ``y`` (N,) int64 from an ``.npz`` file.
 
     ``x`` must be a floating array (cast to float32) with only finite values, ``y`` an integer
     array of the same length. Raises InputError naming the file and the offending key.
@@ -123,8 +123,9 @@ def load_dataset(data: str, classes: Sequence[int] | None = None) -> Dataset:
     elif data == "mnist1d":
         x, y = _mnist1d()
     elif data.endswith(".npz") or Path(data).exists():
-        x, y = read_npz(data)
-        assert y is not None
+        x, labels = read_npz(data)
+        assert labels is not None  # read_npz requires labels by default
+        y = labels
     else:
         raise InputError(
             f"--data must be one of {', '.join(BUILTIN_DATASETS)} or a .npz file, got {data!r}"

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "load_run",
-    "prepare",
+    "prepare_run",
     "train",
 ]
 
@@ -118,7 +119,7 @@ def plot_entanglement(history: list[EpochRecord], path: str | Path) -> None:
     fig.savefig(Path(path))
 
 
-def prepare(settings: TrainSettings) -> Run:
+def prepare_run(settings: TrainSettings) -> Run:
     """The untrained run: data loaded and split (seeded, stratified), the net built from the
     seed with its standardization fitted on the training split, and the full config."""
     dataset = load_dataset(settings.dataset, settings.classes)
@@ -157,9 +158,9 @@ def train(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
-    """Train from settings (or a run from :func:`prepare`); write the run directory to ``out``
+    """Train from settings (or a run from :func:`prepare_run`); write the run directory to ``out``
     if given. The returned run's net is in eval mode."""
-    run = start if isinstance(start, Run) else prepare(start)
+    run = start if isinstance(start, Run) else prepare_run(start)
     settings, net, split = run.config, run.net, run.split
     layers: tuple[str, ...] = tuple(settings.hidden_layers)
     snnl_layers: tuple[str, ...] = tuple(settings.snnl_layers or layers)
@@ -182,13 +183,11 @@ def train(
         temperature=settings.temperature,
         distance=settings.distance,
     ) as criterion:
-        optimizer = torch.optim.Adam(
-            [
-                {"params": list(net.parameters())},
-                {"params": criterion.temperature_parameters(), "lr": TEMPERATURE_LR},
-            ],
-            lr=settings.lr,
-        )
+        groups: list[dict[str, Any]] = [
+            {"params": list(net.parameters())},
+            {"params": criterion.temperature_parameters(), "lr": TEMPERATURE_LR},
+        ]
+        optimizer = torch.optim.Adam(groups, lr=settings.lr)
         for epoch in range(settings.epochs):
             criterion.set_epoch(epoch)
             net.train()

@@ -1,4 +1,4 @@
-"""``SNNLoss``: cross-entropy plus a factor times the SNNL of chosen hidden layers (SPEC §2).
+"""``SNNLoss``: cross-entropy plus a factor times the SNNL of chosen hidden layers (docs/method.md).
 
     total = CE(logits, y) + factor * sum_l SNNL_l(h_l, T_l)
 
@@ -63,7 +63,7 @@ class LossResult:
 def check_temperature_mode(mode: object) -> TemperatureMode:
     """Return ``mode`` if it is "learned", "annealed" or a positive finite float."""
     if mode in ("learned", "annealed"):
-        return mode  # type: ignore[return-value]
+        return mode
     if isinstance(mode, bool) or not isinstance(mode, int | float):
         raise InputError(f"temperature must be 'learned', 'annealed' or a number, got {mode!r}")
     if not (math.isfinite(mode) and mode > 0):
@@ -113,7 +113,10 @@ class SNNLoss(nn.Module):
         else:
             mode = check_temperature_mode(temperature)
             modes = dict.fromkeys(names, mode)
-        start = math.log(1.0 / check_temperature_mode(initial_temperature))
+        initial = check_temperature_mode(initial_temperature)
+        if isinstance(initial, str):
+            raise InputError(f"initial_temperature must be a positive number, got {initial!r}")
+        start = math.log(1.0 / initial)
         self.taps = LayerTaps(model, names)
         self.layers: tuple[str, ...] = self.taps.names
         self.modes: dict[str, TemperatureMode] = modes

@@ -27,6 +27,9 @@ ARCHS: tuple[str, ...] = ("mlp", "cnn1d")
 class Standardize(nn.Module):
     """x -> (x - mean) / std, elementwise with buffers of shape ``input_shape``."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, input_shape: Sequence[int]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(*input_shape))
@@ -65,7 +68,15 @@ class ConvBlock(nn.Sequential):
         )
 
 
-class MLP(nn.Module):
+class Net(nn.Module):
+    """The contract of the module doc: ``standardize`` first, named ``hidden_layers``."""
+
+    input_shape: tuple[int, ...]
+    standardize: Standardize
+    hidden_layers: tuple[str, ...]
+
+
+class MLP(Net):
     """Standardize -> fc1 -> ... -> fcK (Linear+ReLU) -> head (Linear to logits).
 
     Input (B, *input_shape) is flattened to (B, prod(input_shape)).
@@ -87,7 +98,7 @@ class MLP(nn.Module):
         for i, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=1):
             self.add_module(f"fc{i}", Dense(n_in, n_out))
             names.append(f"fc{i}")
-        self.hidden_layers: tuple[str, ...] = tuple(names)
+        self.hidden_layers = tuple(names)
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +108,7 @@ class MLP(nn.Module):
         return self.head(h)
 
 
-class CNN1d(nn.Module):
+class CNN1d(Net):
     """Standardize -> conv1 -> conv2 (Conv1d stride 2 + ReLU) -> flatten -> fc1 -> head.
 
     ``input_shape`` is (L,) (one channel) or (C, L). Hidden layers: conv1, conv2, fc1 (the
@@ -128,7 +139,7 @@ class CNN1d(nn.Module):
         out_length = math.ceil(math.ceil(length / 2) / 2)
         self.fc1 = Dense(int(channels[1]) * out_length, int(hidden))
         self.head = nn.Linear(int(hidden), num_classes)
-        self.hidden_layers: tuple[str, ...] = ("conv1", "conv2", "fc1")
+        self.hidden_layers = ("conv1", "conv2", "fc1")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.standardize(x).reshape(-1, *self._channels_length)
@@ -136,9 +147,7 @@ class CNN1d(nn.Module):
         return self.head(self.fc1(h.flatten(1)))
 
 
-def build_net(
-    arch: str, input_shape: Sequence[int], num_classes: int, **net_kwargs: Any
-) -> nn.Module:
+def build_net(arch: str, input_shape: Sequence[int], num_classes: int, **net_kwargs: Any) -> Net:
     """The net ``arch`` ("mlp" | "cnn1d") for inputs (B, *input_shape) and ``num_classes`` logits.
 
     ``net_kwargs`` (JSON-compatible, stored in a run's config.json) go to the constructor:
@@ -147,7 +156,7 @@ def build_net(
     if num_classes < 2:
         raise InputError(f"num_classes must be at least 2, got {num_classes}")
     if arch == "mlp":
-        cls: type[nn.Module] = MLP
+        cls: type[Net] = MLP
     elif arch == "cnn1d":
         cls = CNN1d
     else:

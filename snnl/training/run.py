@@ -22,10 +22,10 @@ from torch import nn
 
 from snnl.errors import InputError
 from snnl.training.data import Split
-from snnl.training.nets import build_net
+from snnl.training.nets import Net, build_net
 
 CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"
 SPLIT_FILE = "split.npz"
 HISTORY_FILE = "history.jsonl"
 PLOT_FILE = "entanglement.png"
@@ -87,7 +87,7 @@ def save_run(run_dir: str | Path, config: RunConfig, net: nn.Module, split: Spli
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(run_dir / MODEL_FILE), metadata={"format": "pt"})
+    save_file(state, str(run_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     split.save(run_dir / SPLIT_FILE)
 
 
@@ -103,7 +103,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise InputError(f"{path}: invalid run config ({'; '.join(first[:3])})") from err
 
 
-def build_run_net(config: RunConfig) -> nn.Module:
+def build_run_net(config: RunConfig) -> Net:
     """The (untrained) net that ``config`` describes."""
     return build_net(config.arch, config.input_shape, config.num_classes, **config.net_kwargs)
 
@@ -113,7 +113,7 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     net = build_run_net(config)
-    model_path = run_dir / MODEL_FILE
+    model_path = run_dir / WEIGHTS_FILE
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found")
     try:

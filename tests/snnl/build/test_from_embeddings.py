@@ -11,7 +11,7 @@ import pytest
 from snnl.model.detector import Detector
 from snnl.errors import InputError
 from snnl.build.from_embeddings import index_embeddings
-from snnl.model.repository import list_models
+from snnl.model.store import list_models
 from snnl.core.temperature import entanglement
 
 

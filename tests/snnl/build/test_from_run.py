@@ -14,7 +14,8 @@ from tests.snnl._tiny_run import make_run
 from snnl.model.detector import Detector
 from snnl.errors import InputError, RepositoryError, SnnlError
 from snnl.build.from_run import export_onnx, export_run, verify_onnx
-from snnl.model.repository import CALIBRATION_FILE, MODEL_FILE, REFERENCE_FILE, load_manifest
+from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE
+from snnl.model.store import load_manifest
 from snnl.model.runtime import OnnxRunner
 from snnl.core.taps import LayerTaps
 from snnl.training.loop import load_run
@@ -98,7 +99,7 @@ def test_export_writes_a_loadable_model(run_dir: Path, repository: Path) -> None
     assert all(0.001 < layer.temperature < 1.0 for layer in manifest.layers)
     assert manifest.calibration_size == len(run.split.y_calibration)
     assert manifest.created == CREATED
-    assert set(manifest.files) == {MODEL_FILE, REFERENCE_FILE, CALIBRATION_FILE}
+    assert set(manifest.files) == {ONNX_FILE, REFERENCE_FILE, CALIBRATION_FILE}
     spec = manifest.nonconformity
     assert spec.kind == "neighbor-mass" and spec.perplexity == 30
     assert [(t.layer, t.distance) for t in spec.terms] == [
@@ -125,7 +126,7 @@ def test_export_writes_a_loadable_model(run_dir: Path, repository: Path) -> None
 
 def test_export_is_deterministic(run_dir: Path, repository: Path, tmp_path: Path) -> None:
     export_run(run_dir, tmp_path, "tiny", created=CREATED, device="cpu")
-    for file in ("manifest.json", MODEL_FILE, REFERENCE_FILE, CALIBRATION_FILE):
+    for file in ("manifest.json", ONNX_FILE, REFERENCE_FILE, CALIBRATION_FILE):
         first = hashlib.sha256((repository / "tiny" / file).read_bytes()).hexdigest()
         second = hashlib.sha256((tmp_path / "tiny" / file).read_bytes()).hexdigest()
         assert first == second, file
@@ -133,7 +134,7 @@ def test_export_is_deterministic(run_dir: Path, repository: Path, tmp_path: Path
 
 def test_tampered_model_is_refused(run_dir: Path, tmp_path: Path) -> None:
     export_run(run_dir, tmp_path, "tiny", created=CREATED, device="cpu")
-    path = tmp_path / "tiny" / MODEL_FILE
+    path = tmp_path / "tiny" / ONNX_FILE
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))

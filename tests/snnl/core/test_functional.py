@@ -10,7 +10,7 @@ import torch
 
 from snnl import soft_nearest_neighbor_loss
 from snnl.core.distances import pairwise_distances
-from snnl.core.functional import masked_logsumexp, per_row_snnl
+from snnl.core.functional import masked_logsumexp, per_row_snnl, per_row_snnl_from_distances
 
 AGARAP_FEATURES = [
     [1.0999, -0.9438, 0.7996, -0.4247],
@@ -309,3 +309,17 @@ def test_masked_logsumexp_with_infinite_entries() -> None:
     got = masked_logsumexp(values, mask)
     assert float(got[0]) == pytest.approx(slow_logsumexp([0.0, 1.0]), rel=1e-12)
     assert float(got[1]) == float("-inf")
+
+
+def test_per_row_terms_from_a_few_rows_equal_the_square_matrix() -> None:
+    """Rows passed a few at a time (distances (R, B)) give the terms of the whole (B, B)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 4, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 0, 1, 2, 2, 3])  # class 3 has no partner
+    d = pairwise_distances(x, x, "euclidean")
+    terms, partner = per_row_snnl_from_distances(d, y, 0.5)
+    for rows in (torch.arange(0, 4), torch.arange(4, 11), torch.tensor([10, 2])):
+        part, has = per_row_snnl_from_distances(d[rows], y, 0.5, rows=rows)
+        torch.testing.assert_close(part, terms[rows])
+        assert torch.equal(has, partner[rows])
+    assert not partner[10]

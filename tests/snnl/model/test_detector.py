@@ -18,7 +18,8 @@ from snnl.build.from_embeddings import index_embeddings
 from snnl.build.from_run import export_run
 from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
-from snnl.model.repository import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE, sha256
+from snnl.model.manifest import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE
+from snnl.model.store import sha256
 from snnl.scoring.conformal import Calibration, expected_flag_rate, flag
 from snnl.scoring.results import ScoreResult
 from snnl.training.loop import load_run
@@ -301,3 +302,44 @@ def test_reference_features_are_checked_again(embedding_repo: Path, tmp_path: Pa
     (folder / REFERENCE_FILE).write_bytes(save_safetensors(tensors))
     with pytest.raises(RepositoryError, match="sha256 does not match"):
         det.reference_features("embedding")
+
+
+def test_score_in_batches_equals_one_call_and_checks_everything_first(
+    model_repo: tuple[Path, Path], embedding_repo: Path
+) -> None:
+    det = Detector.load(model_repo[0], "tiny", device="cpu")
+    x = load_run(model_repo[1]).split.x_test[:23]
+    whole = det.score(x, neighbors=2)
+    parts = list(det.score_in_batches(x, 5, neighbors=2))
+    assert [len(p) for p in parts] == [5, 5, 5, 5, 3]
+    joined = ScoreResult.concatenate(parts)
+    assert joined.to_records() == whole.to_records()
+    bad = x.copy()
+    bad[17, 0] = np.nan
+    with pytest.raises(InputError, match="inputs"):
+        det.score_in_batches(bad, 5)  # raised by the call, before any chunk is scored
+    with pytest.raises(InputError, match="embedding-only"):
+        Detector.load(embedding_repo, "emb", device="cpu").score_in_batches(x, 5)
+
+
+def test_with_features_returns_the_forward_pass_that_was_scored(
+    model_repo: tuple[Path, Path], embedding_repo: Path
+) -> None:
+    det = Detector.load(model_repo[0], "tiny", device="cpu")
+    x = load_run(model_repo[1]).split.x_test[:9]
+    result = det.score_samples(x, with_features=True)
+    forward = det.forward(x)
+    assert result.logits is not None and result.features is not None
+    np.testing.assert_array_equal(result.logits, forward.logits)
+    for layer in det.layers:
+        np.testing.assert_array_equal(result.features[layer], forward.features[layer])
+    assert det.score(x).features is None  # only when asked for
+    rows = result[2:5]
+    assert rows.features is not None and rows.logits is not None
+    assert rows.features[det.layers[0]].shape[0] == 3 == rows.logits.shape[0]
+    emb = Detector.load(embedding_repo, "emb", device="cpu")
+    e = {"embedding": _clusters(4, seed=5)[0]}
+    validated = emb.check_samples(e)
+    scored = emb.score_samples(validated, validated=True, with_features=True)
+    assert scored.logits is None and scored.features is not None
+    assert scored.to_records() == emb.score_embeddings(e).to_records()

@@ -14,7 +14,7 @@ from safetensors.torch import save as save_safetensors
 from snnl.core.taps import LayerTaps
 from snnl.errors import RepositoryError
 from snnl.model.reference import ReferenceSet
-from snnl.model.repository import map_verified, sha256
+from snnl.model.store import map_verified, sha256
 from snnl.training.nets import build_net
 
 

@@ -8,11 +8,8 @@ from pathlib import Path
 import pytest
 
 from snnl.errors import RepositoryError
-from snnl.model.repository import (
-    CALIBRATION_FILE,
-    REFERENCE_FILE,
-    LayerSpec,
-    Manifest,
+from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE, LayerSpec, Manifest
+from snnl.model.store import (
     list_models,
     load_manifest,
     map_verified,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from snnl.core.taps import LayerTaps
 from snnl.core.temperature import entanglement, stratified_subsample
 from snnl.errors import InputError
-from snnl.training.loop import ENTANGLEMENT_POINTS, TrainSettings, load_run, prepare, train
+from snnl.training.loop import ENTANGLEMENT_POINTS, TrainSettings, load_run, prepare_run, train
 from snnl.training.run import RunConfig
 
 HISTORY_FIELDS = {
@@ -114,7 +114,7 @@ def test_train_does_not_disturb_the_global_rng() -> None:
 
 def test_prepare_then_train_and_on_epoch(tmp_path: Path) -> None:
     settings = small(arch="cnn1d", temperature="annealed", factor=-10.0)
-    run = prepare(settings)
+    run = prepare_run(settings)
     assert run.config.hidden_layers == ["conv1", "conv2", "fc1"]
     seen: list[int] = []
     result = train(run, tmp_path / "run", on_epoch=lambda r: seen.append(r.epoch))

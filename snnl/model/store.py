@@ -1,0 +1,138 @@
+"""The verified model store: a repository is one folder a model, each written atomically and read
+only when every file the manifest lists exists and matches its sha256.
+
+A folder is written atomically (a hidden temporary folder renamed into place). A repository is
+data, never code. The manifest schema and the file names: snnl.model.manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from snnl.errors import RepositoryError
+from snnl.model.manifest import MANIFEST_FILE, Manifest, check_name
+
+_Data = TypeVar("_Data", bytes, mmap.mmap)
+
+
+def sha256(data: bytes | mmap.mmap) -> str:
+    """Hex sha256 of ``data`` (bytes, or a memory-mapped file)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_model(repository: str | Path, manifest: Manifest, files: Mapping[str, bytes]) -> Manifest:
+    """Write ``files`` and the manifest (with their sha256 filled in) to ``repository/<name>``.
+
+    The folder is assembled in a hidden temporary folder and renamed into place, replacing a
+    previous version; readers never see a half-written model. Returns the written manifest.
+    """
+    repository = Path(repository)
+    name = check_name(manifest.name)
+    final = manifest.model_copy(update={"files": {f: sha256(b) for f, b in sorted(files.items())}})
+    final = Manifest.model_validate(final.model_dump())
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repository))
+    try:
+        for file, data in files.items():
+            (staging / file).write_bytes(data)
+        (staging / MANIFEST_FILE).write_text(final.to_json())
+        os.chmod(staging, 0o755)
+        target = repository / name
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=repository))
+            os.replace(target, retired / name)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final
+
+
+def list_models(repository: str | Path) -> list[str]:
+    """Names of the folders of ``repository`` that hold a manifest.json, sorted."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {str(repository)!r} is not a directory")
+    return sorted(
+        p.name
+        for p in repository.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    )
+
+
+def load_manifest(repository: str | Path, name: str) -> Manifest:
+    """The validated manifest of ``repository/<name>``; RepositoryError names what is wrong."""
+    folder = Path(repository) / check_name(name)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        available = list_models(repository) if Path(repository).is_dir() else []
+        raise RepositoryError(
+            f"no model {name!r} in repository {str(repository)!r} "
+            f"(available: {', '.join(available) or 'none'})"
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as err:
+        lines = str(err).splitlines()
+        raise RepositoryError(f"{path}: invalid manifest ({'; '.join(lines[:3])})") from err
+    if manifest.name != name:
+        raise RepositoryError(f"{path}: manifest name {manifest.name!r} != folder name {name!r}")
+    if not manifest.files:
+        raise RepositoryError(f"{path}: the manifest lists no files")
+    return manifest
+
+
+def read_model_files(
+    repository: str | Path, name: str, *, skip: Collection[str] = ()
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its sha256.
+
+    Files named in ``skip`` are left to the caller (``map_verified``: large files, mapped)."""
+    manifest = load_manifest(repository, name)
+    folder = Path(repository) / name
+    contents = {
+        file: read_verified(folder / file, digest)
+        for file, digest in manifest.files.items()
+        if file not in skip
+    }
+    return manifest, contents
+
+
+def read_verified(path: Path, digest: str) -> bytes:
+    """The bytes of ``path``; RepositoryError when it is missing or its sha256 is not ``digest``."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    return _verified(path, path.read_bytes(), digest)
+
+
+def map_verified(path: Path, digest: str) -> mmap.mmap:
+    """``path`` memory-mapped copy-on-write (pages come from the page cache, shared with other
+    processes mapping the file, and are never written back); the sha256 is computed over the map
+    itself, so what was checked is what is used. RepositoryError as ``read_verified``."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    with path.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise RepositoryError(f"{path}: empty file")
+        return _verified(path, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY), digest)
+
+
+def _verified(path: Path, data: _Data, digest: str) -> _Data:
+    if sha256(data) != digest:
+        raise RepositoryError(
+            f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
+        )
+    return data
