@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from load import code_under_test  # bench/load.py, next to this script
 from sklearn.datasets import load_digits
 
 from service.app import create_app
@@ -98,9 +99,7 @@ def main() -> None:
     if args.once:
         print(json.dumps(asyncio.run(measure(args.concurrency, args.requests))))
         return
-    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
-    if args.baseline is not None:
-        checkouts.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
+    checkouts = code_under_test(args.baseline)
     runs: dict[str, list[dict[str, float]]] = {code: [] for code, _ in checkouts}
     for _ in range(args.rounds):
         for code, path in checkouts:

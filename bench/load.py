@@ -84,6 +84,12 @@ end
 """
 
 
+def code_under_test(baseline: Path | None) -> list[tuple[str, Path | None]]:
+    """(label, PYTHONPATH) of each checkout to measure: the baseline first, then this one."""
+    this: list[tuple[str, Path | None]] = [("this checkout", None)]
+    return this if baseline is None else [(f"baseline {baseline}", baseline.resolve()), *this]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,9 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the server's scoring thread (SNNL_SCORING_THREADS=1)
     detector = Detector.load(args.repository, args.model, device="cpu", threads=1)
-    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
-    if args.baseline is not None:
-        checkouts.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
+    checkouts = code_under_test(args.baseline)
     lines = [
         f"Machine: {machine()} (before the run).",
         "",

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from load import free_port, machine  # bench/load.py, next to this script
+from load import code_under_test, free_port, machine  # bench/load.py, next to this script
 
 from snnl.build.from_embeddings import index_embeddings
 from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
@@ -128,9 +128,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--out", type=Path, default=Path("bench/results/startup.md"))
     args = parser.parse_args()
-    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
-    if args.baseline is not None:
-        checkouts.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
+    checkouts = code_under_test(args.baseline)
     lines = [
         f"Machine: {machine()} (before the run). Medians of {args.repeats} starts.",
         "",
