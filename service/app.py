@@ -13,14 +13,20 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from prometheus_client import disable_created_metrics
 
+from service.docs import install_docs, operation_id
 from service.errors import install_error_handlers
+from service.http import InFlightMiddleware, RequestDecompressionMiddleware
 from service.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
 from service.metrics import ServiceMetrics
 from service.routes import probes, v1
 from service.settings import Settings
 from service.state import ServiceState
+from service.v2_routes import v2, v2_probes
+from service.v2_tensors import InferRequest
 from snnl import __version__
 
 DESCRIPTION = """\
@@ -28,7 +34,8 @@ Soft-neighbor out-of-distribution detection and embedding evaluation (SNNL).
 
 Score a batch with `POST /v1/models/{model}/score` (JSON or `application/x-npy`): each sample gets
 its prediction, a per-layer soft-neighbor score against the model's reference set and a calibrated
-outlier flag. Requests from many clients are merged into batches per model.
+outlier flag. Requests from many clients are merged into batches per model. The same models answer
+the Open Inference Protocol v2 (KServe / Triton clients) under `/v2`.
 """
 
 
@@ -68,11 +75,28 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        servers=[{"url": "/", "description": "This server"}],
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.service = state
     install_error_handlers(app)
-    app.include_router(probes)
-    app.include_router(v1)
+    for router in (probes, v1, v2_probes, v2):
+        app.include_router(router)
+    install_docs(app, body_models=(InferRequest,))
+    # Outermost last: request log + metrics, in-flight gauge, CORS, gzip responses, inflate bodies.
+    app.add_middleware(RequestDecompressionMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding"],
+            expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
+        )
+    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight)
     app.add_middleware(
         RequestLogMiddleware, observe=metrics.observe_request, known_model=state.knows
     )

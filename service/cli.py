@@ -26,6 +26,8 @@ FLAGS: tuple[tuple[str, str, str], ...] = (
     ("log_level", "--log-level", "DEBUG | INFO | WARNING | ERROR (default INFO)"),
     ("scoring_threads", "--scoring-threads", "intra-op threads per model's scorer (default 1)"),
     ("warmup_iterations", "--warmup-iterations", "warm-up scoring calls per model (default 2)"),
+    ("gzip_min_bytes", "--gzip-min-bytes", "gzip responses from this size, bytes (default 1024)"),
+    ("cors_origins", "--cors-origins", "comma-separated CORS origins (default: none, CORS off)"),
 )
 
 

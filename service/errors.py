@@ -1,4 +1,5 @@
-"""Exceptions mapped to HTTP status codes, all answered with one JSON body ``{"detail": str}``.
+"""Exceptions mapped to HTTP status codes, all answered with one JSON body ``{"detail": str}``
+(``{"error": str}`` on the Open Inference Protocol's ``/v2`` paths, as its clients expect).
 
 The detail names the field (``inputs``, ``alpha``, ``model``, the body, a header) and what was
 expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422. Anything else
@@ -7,6 +8,8 @@ cause goes to the log, not to the client).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -75,30 +78,39 @@ class Unavailable(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+V2_PREFIX = "/v2"
+
+
+def error_response(
+    path: str, detail: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": detail}`` under ``/v2`` (as v2 clients expect), else ``{"detail": detail}``."""
+    key = "error" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "detail"
+    return JSONResponse({key: detail}, status_code=status, headers=headers)
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error, framework ones included, as ``{"detail": str}`` with its status."""
+    """Answer every error, framework ones included, with its status and ``error_response``."""
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+    async def _service_error(request: Request, err: ServiceError) -> JSONResponse:
+        return error_response(request.url.path, err.detail, err.status, err.headers)
 
     @app.exception_handler(InputError)
-    async def _input_error(_: Request, err: InputError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+    async def _input_error(request: Request, err: InputError) -> JSONResponse:
+        return error_response(request.url.path, str(err), 422)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0]
         detail = f"{_field(tuple(first['loc']))}: {first['msg']}"
-        return JSONResponse({"detail": detail}, status_code=422)
+        return error_response(request.url.path, detail, 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers
-        )
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(request.url.path, str(err.detail), err.status_code, err.headers)

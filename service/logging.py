@@ -17,8 +17,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
 
 logger = logging.getLogger("snnl.service")
 
@@ -121,7 +122,7 @@ class RequestLogMiddleware:
             logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
             if started:
                 raise
-            error = JSONResponse({"detail": "internal error"}, status_code=500)
+            error = error_response(scope["path"], "internal error", 500)
             await error(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start

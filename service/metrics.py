@@ -2,7 +2,9 @@
 
 Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
 model repository (model, layer, version), the fixed route names and HTTP status codes: no
-per-sample or per-request values, so cardinality stays bounded.
+per-sample or per-request values, so cardinality stays bounded. The same registry carries the
+standard ``process_*`` (memory, CPU, file descriptors) and ``python_*`` (garbage collector,
+interpreter version) collectors, the in-flight request gauge and ``snnl_build_info``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
+from snnl import __version__
 from snnl.scoring.results import STAGES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
@@ -98,6 +109,15 @@ class ServiceMetrics:
             "snnl_model_info", "Loaded models (value 1).",
             (*model, "version", "device", "backend"), registry=reg,
         )  # fmt: skip
+        self.requests_in_flight = Gauge(
+            "snnl_requests_in_flight", "HTTP requests being handled now.", registry=reg
+        )
+        self.build_info = Gauge(
+            "snnl_build_info", "The running snnl (value 1).", ("version",), registry=reg
+        )
+        self.build_info.labels(__version__).set(1)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            reg.register(collector)
 
     def register_model(
         self,

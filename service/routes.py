@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
@@ -30,7 +30,7 @@ from service.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from service.security import check_api_key, read_body
+from service.security import API_KEY_HEADER, BEARER, check_api_key, read_body
 from service.state import ServiceState
 from snnl.scoring.batch import num_rows
 from snnl.scoring.validation import check_neighbors
@@ -60,8 +60,17 @@ async def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-async def require_api_key(request: Request, state: State) -> None:
-    """401 unless the request carries a configured API key (no keys configured: open)."""
+async def require_api_key(
+    request: Request,
+    state: State,
+    _bearer: Annotated[object, Security(BEARER)],
+    _header: Annotated[object, Security(API_KEY_HEADER)],
+) -> None:
+    """401 unless the request carries a configured API key (no keys configured: open).
+
+    ``BEARER`` and ``API_KEY_HEADER`` declare the two ways to send it in the OpenAPI document;
+    the check itself is ``check_api_key``'s constant-time comparison.
+    """
     check_api_key(request, state.api_keys)
 
 
@@ -72,9 +81,12 @@ def _body_schema(schema: type[Any], *, npy: bool) -> dict[str, Any]:
     extra: dict[str, Any] = {"requestBody": {"required": True, "content": content}}
     if npy:
         content[NPY_MEDIA_TYPE] = {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "One .npy array: the samples (B, *input_shape), or the embeddings "
-            "(B, d) of a one-layer embedding-only model; alpha and neighbors as query.",
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "One .npy array: the samples (B, *input_shape), or the embeddings "
+                "(B, d) of a one-layer embedding-only model; alpha and neighbors as query.",
+            }
         }
         options = ScoreOptions.model_json_schema()["properties"]
         extra["parameters"] = [

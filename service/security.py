@@ -5,8 +5,17 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from service.errors import MalformedRequest, TooLarge, Unauthorized
+
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="Header 'Authorization: Bearer KEY'."
+)
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="api_key", description="Header 'X-API-Key'."
+)
+"""The two ways to present a key, as OpenAPI security schemes (either one is enough)."""
 
 
 def presented_key(request: Request) -> bytes | None:

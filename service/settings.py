@@ -74,10 +74,23 @@ class Settings(BaseSettings):
         description="Full-size scoring calls per model before /readyz turns 200.",
     )
 
-    @field_validator("api_keys", mode="before")
+    gzip_min_bytes: int = Field(
+        1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="Responses of at least this many bytes are gzip-compressed for clients that "
+        "send 'Accept-Encoding: gzip'.",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated origins browsers may call the API from ('*': any); "
+        "empty (default): no CORS headers.",
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        """``"k1,k2"`` -> ``("k1", "k2")``; blanks around keys are dropped."""
+        """``"k1,k2"`` -> ``("k1", "k2")``; blanks around items are dropped."""
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value

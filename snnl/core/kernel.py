@@ -1,34 +1,48 @@
-"""Kernel sums exp(-D / T) of queries against reference rows, in log space and in chunks.
+"""Per-class kernel sums of queries against one layer's reference rows: one product per chunk.
 
-For reference rows r_j of one layer, a distance D and a temperature T, the logits are shifted so
-that they are one matrix product (the shift ``offset(h)`` is the same for every row j):
+A layer serves one or more *terms* (distance D, temperature T): its soft-neighbor score and the
+neighbor-mass terms of the nonconformity. For every term the kernel returns, per query h and
+class k over a run of label-sorted reference rows r_j,
 
-    cosine:    z_j = <h/|h|, r_j/|r_j|> / T                  = -D(h, r_j)/T + 1/T
-    euclidean: z_j = (2 <h, r_j> - |r_j|^2) / T              = -D(h, r_j)/T + |h|^2/T
+    log-sum   S_k(h) = logsumexp_{j: y_j = k} z_j(h)
 
-Sums over a contiguous run of rows are reduced with each chunk's maximum M subtracted and
-merged with logaddexp; exp(z - M) is clamped at e^-87 (a normal float32: out-of-range inputs
-make exp some 30 times slower on the CPU), which adds at most n e^-87 relative to a sum over n
-rows. Nothing underflows at any temperature.
+of *shifted logits* z_j = -D(h, r_j)/T + o(h), where the shift o(h) is the same for every row:
 
-Reference rows are sorted by label, so the rows of class c are one slice [start_c, stop_c), and
-the class-conditional log-mass of SPEC §1 ("neighbors from the predicted class")
+    cosine:    z_j = <h/|h|, r_j/|r_j|> / T                 o(h) = 1/T
+    euclidean: z_j = (2 <h, r_j> - |r_j|^2) / T             o(h) = |h|^2/T
 
-    m(h, c) = log( (1/n_c) sum_{j: y_j = c} exp(-D(h, r_j) / T) )
+All terms of a layer come from ONE matrix product G = (s(h) h) R^T per chunk, R the layer's rows
+as the first term needs them (unit rows when any term is cosine, raw rows otherwise). Each other
+term is an elementwise map of G: z = a(h) G c_j + b_j with c_j = |r_j| and b_j = -|r_j|^2/T when a
+euclidean term is served from unit rows (the raw inner product is |r_j| <h, r_j/|r_j|>).
 
-costs one pass over that slice only (``class_log_mass``).
+Rows are sorted by label, so class k is one contiguous slice [start_k, stop_k) (``class_slices``)
+and a per-class sum is a plain row reduction over a slice, no scatter. Each slice is reduced with
+its OWN maximum M subtracted, exp(z - M) clamped at e^-87 (a normal float32: out-of-range inputs
+make exp many times slower on the CPU): S_k is exact to n_k e^-87 relative for every class,
+however far below the query's best class it lies, and nothing underflows at any T. Chunks and
+shards are merged with logaddexp.
+
+A term asked only "at the predicted class" (the neighbor-mass terms when the prediction is known
+before the neighbor search) is evaluated on each predicted class's slice for the queries that
+predict it: B n / C entries instead of B n.
+
+The k largest z of the first term (the nearest rows) are kept as a running top-k over chunks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from snnl.core.distances import Distance, prepare
+from snnl.core.distances import Distance
 
 EXP_FLOOR = -87.0  # exp(-87) is still a normal float32
-LOG_FLOOR = -1e12  # m of a class with no rows (never for a fitted model's classes)
+LOG_FLOOR = -1e12  # log mean kernel of a class with no rows (never for a fitted model's classes)
+_NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 # BLAS multiplies a few query rows with other kernels (GEMV, small-M paths) than many rows, and
 # they round differently. Padding every product to at least this many query rows makes a
 # sample's scores independent of the batch it comes in (alone == merged by the server).
@@ -37,108 +51,371 @@ LOG_FLOOR = -1e12  # m of a class with no rows (never for a fitted model's class
 MIN_GEMM_ROWS = 16
 
 
-def prepare_rows(x: torch.Tensor, distance: Distance) -> torch.Tensor:
-    """Reference rows (N, d) as a kernel holds them: prepared, contiguous, float16 -> float32."""
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32)
-    return prepare(x, distance).contiguous()
+@dataclass(frozen=True)
+class Term:
+    """One kernel exp(-D(h, r)/T) served from a layer's rows."""
+
+    distance: Distance
+    temperature: float
 
 
-class ReferenceKernel:
-    """One layer's reference rows (N, d), prepared for ``distance``, at temperature T."""
-
-    def __init__(self, rows: torch.Tensor, distance: Distance, temperature: float) -> None:
-        """``rows`` already passed through ``snnl.core.distances.prepare`` (float32 or float64)."""
-        self.distance = distance
-        self.temperature = temperature
-        self.rows = rows
-        # euclidean: z = (2 h / T) r^T - |r|^2 / T; cosine: z = (h / (|h| T)) r^T.
-        self.bias = -rows.pow(2).sum(-1) / temperature if distance == "euclidean" else None
-
-    @classmethod
-    def from_features(
-        cls, x: torch.Tensor, distance: Distance, temperature: float
-    ) -> ReferenceKernel:
-        """A kernel over raw features ``x`` (N, d)."""
-        return cls(prepare_rows(x, distance), distance, temperature)
-
-    def query(self, h: torch.Tensor) -> torch.Tensor:
-        """The query side of z, (B, d), on the reference's device and dtype."""
-        h = prepare(h.to(device=self.rows.device, dtype=self.rows.dtype), self.distance)
-        return h * ((2.0 if self.distance == "euclidean" else 1.0) / self.temperature)
-
-    def offset(self, h: torch.Tensor) -> torch.Tensor:
-        """z - (-D / T) for queries ``h`` (B, d): 1/T (cosine) or |h|^2 / T (euclidean), (B,)."""
-        h = h.to(device=self.rows.device, dtype=self.rows.dtype)
-        if self.distance == "euclidean":
-            return h.pow(2).sum(-1) / self.temperature
-        return torch.full((h.shape[0],), 1.0 / self.temperature, dtype=h.dtype, device=h.device)
-
-    def logits(self, q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Shifted logits z (B, stop - start) of ``q`` (see ``query``) vs rows [start, stop)."""
-        rows = self.rows[start:stop].T
-        batch = q.shape[0]
-        if batch < MIN_GEMM_ROWS:  # a row's z must not depend on its batch: see MIN_GEMM_ROWS
-            q = torch.cat([q, q.new_zeros(MIN_GEMM_ROWS - batch, q.shape[1])])
-        z = q @ rows if self.bias is None else torch.addmm(self.bias[start:stop], q, rows)
-        return z[:batch]
+def class_slices(sorted_labels: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
+    """[start_k, stop_k) of each class k in ``sorted_labels`` (N,), non-decreasing ints."""
+    counts = torch.bincount(sorted_labels.cpu(), minlength=num_classes)
+    ends = torch.cumsum(counts, 0).tolist()
+    return [(end - int(count), end) for count, end in zip(counts, ends, strict=True)]
 
 
-def slice_logsumexp(
-    kernel: ReferenceKernel,
-    q: torch.Tensor,
-    start: int,
-    stop: int,
-    chunk_size: int,
-    exclude: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """log sum_{start <= j < stop, j != exclude_i} exp(z_ij), (B,), for ``q`` (B, d) from
-    ``kernel.query``; ``exclude`` (B,) optional rows left out (leave-one-out). -inf if empty."""
-    if exclude is None and 0 < stop - start <= chunk_size:  # one chunk: fewer kernel launches
-        z = kernel.logits(q, start, stop)
-        top = z.amax(1, keepdim=True)
-        return (z - top).clamp_min_(EXP_FLOOR).exp_().sum(1).log_() + top[:, 0]
-    result = torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device)
-    for begin in range(start, stop, chunk_size):
-        end = min(begin + chunk_size, stop)
-        z = kernel.logits(q, begin, end)
-        hit = None
-        if exclude is not None:
-            hit = torch.nonzero((exclude >= begin) & (exclude < end))[:, 0]
-            z[hit, exclude[hit] - begin] = float("-inf")
-        top = z.amax(1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        weights = (z - top).clamp_min_(EXP_FLOOR).exp_()
-        if hit is not None and exclude is not None:
-            weights[hit, exclude[hit] - begin] = 0.0
-        result = torch.logaddexp(result, weights.sum(1).log_() + top[:, 0])
-    return result
+def log_mean(log_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """log(sum / n) from log(sum) and n (same shape), floored at -1e12 (n = 0: no rows)."""
+    return (log_sum - count.to(log_sum.dtype).clamp_min(1.0).log()).clamp_min(LOG_FLOOR)
 
 
-def class_log_mass(
-    kernel: ReferenceKernel,
+def class_mean_log_mass(
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    term: Term,
     h: torch.Tensor,
     classes: torch.Tensor,
-    class_rows: Sequence[tuple[int, int]],
     chunk_size: int,
     exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """m_i = log mean_{j: y_j = c_i, j != exclude_i} exp(-D(h_i, r_j) / T), (B,), floored at
-    -1e12 (a class with no rows). ``h`` (B, d) raw queries, ``classes`` (B,) labels,
-    ``class_rows[c]`` the slice of class c in the label-sorted reference, ``exclude`` (B,)
-    optional reference rows left out of the mean."""
-    q = kernel.query(h)
-    classes = classes.to(q.device)
+    -1e12, over label-sorted ``rows`` (N, d) with ``labels`` (N,), computed in their dtype (float16
+    in float32). ``h`` (B, d) raw queries, ``classes`` (B,), ``exclude`` (B,) optional rows left
+    out of the mean (leave-one-out)."""
+    dtype = compute_dtype_of(rows.dtype, None)
+    kernel = LayerKernel(rows, labels, num_classes, [term, term], dtype)  # term 1: a mass term
+    classes = classes.to(device=rows.device, dtype=torch.int64)
     if exclude is not None:
-        exclude = exclude.to(q.device)
-    out = torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device)
-    for label in torch.unique(classes).tolist():
-        idx = torch.nonzero(classes == label)[:, 0]
-        start, stop = class_rows[label]
-        left_out = None if exclude is None else exclude[idx]
-        total = slice_logsumexp(kernel, q[idx], start, stop, chunk_size, left_out)
-        count = torch.full_like(total, float(stop - start))
-        if left_out is not None:
-            count = count - ((left_out >= start) & (left_out < stop)).to(count.dtype)
-        out[idx] = total - count.clamp_min(1.0).log()
-    return (out - kernel.offset(h)).clamp_min(LOG_FLOOR)
+        exclude = exclude.to(rows.device)
+    result = kernel.partial(kernel.prepare(h), classes, 0, chunk_size, score=False, exclude=exclude)
+    log_sum = result.sums[1].gather(1, classes[:, None])[:, 0] - result.offsets[1]
+    count = torch.bincount(labels, minlength=num_classes).to(rows.device)[classes]
+    if exclude is not None:
+        count = count - (labels[exclude] == classes).to(count.dtype)
+    return log_mean(log_sum, count)
+
+
+def compute_dtype_of(stored: torch.dtype, compute: torch.dtype | None) -> torch.dtype:
+    """The dtype a product runs in: ``compute`` if given, else float64 stays float64 and every
+    other stored dtype (float16, bfloat16, float32) computes in float32."""
+    if compute is not None:
+        return compute
+    return torch.float64 if stored == torch.float64 else torch.float32
+
+
+class LayerKernel:
+    """One layer's label-sorted reference rows (n, d) and its terms, ready for one product.
+
+    ``labels`` (n,) non-decreasing class ids in [0, num_classes); ``terms[0]`` is the layer's own
+    term (its top-k is the nearest rows); ``dtype`` the dtype of the product (rows are stored in
+    it; float16/bfloat16 products accumulate and return float32, see ``_product``).
+    """
+
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        terms: Sequence[Term],
+        dtype: torch.dtype,
+    ) -> None:
+        if not terms:
+            raise ValueError("a layer kernel needs at least one term")
+        self.terms = tuple(terms)
+        self.num_classes = num_classes
+        self.slices = class_slices(labels, num_classes)
+        self._chunk_cache: dict[int, list[tuple[int, int, list[tuple[int, int, int]]]]] = {}
+        self.size = int(rows.shape[0])
+        self.dtype = dtype
+        # norms, bias and scales in float32 (float64 stays float64) whatever the product's dtype
+        self.exact = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        x = rows.to(self.exact)
+        geometries = {t.distance for t in self.terms}
+        self.unit_rows = "cosine" in geometries
+        norms = x.norm(dim=1)
+        base = x / norms.clamp_min(_NORM_EPS)[:, None] if self.unit_rows else x
+        self.rows = base.to(dtype).contiguous()
+        self.norms = norms if self.unit_rows and "euclidean" in geometries else None
+        self.sq_norms = x.pow(2).sum(1) if "euclidean" in geometries else None
+
+    def _scale(self, h: torch.Tensor) -> torch.Tensor:
+        """s(h) (B,) of the product G = s(h) h R^T: 1/(|h| T_0) (cosine first term), 2/T_0."""
+        first = self.terms[0]
+        if first.distance == "cosine":
+            return 1.0 / (h.norm(dim=1).clamp_min(_NORM_EPS) * first.temperature)
+        return torch.full((h.shape[0],), 2.0 / first.temperature, dtype=h.dtype, device=h.device)
+
+    def prepare(self, h: torch.Tensor) -> Prepared:
+        """Per-batch factors of ``h`` (B, d): the product's query and each term's a(h), o(h)."""
+        h = h.to(device=self.rows.device, dtype=self.exact)
+        scale = self._scale(h)
+        sq = h.pow(2).sum(1)
+        first = self.terms[0]
+        factors: list[torch.Tensor | float | None] = []
+        offsets = []
+        for index, term in enumerate(self.terms):
+            factor: torch.Tensor | float
+            if term.distance == "cosine" and first.distance == "cosine":
+                # G = <h, r^> / (|h| T_0), z = <h, r^> / (|h| T) = G T_0 / T
+                factor = first.temperature / term.temperature
+            elif term.distance == "cosine":
+                # G = 2 <h, r^> / T_0 (euclidean first term), z = G T_0 / (2 |h| T)
+                factor = 1.0 / (h.norm(dim=1).clamp_min(_NORM_EPS) * term.temperature * scale)
+            elif self.unit_rows:
+                # z = 2 |r| <h, r^> / T - |r|^2 / T = G (2 / (s T)) |r| - |r|^2 / T
+                factor = 2.0 / (scale * term.temperature)
+            else:
+                # raw rows: G = (2 <h, r> - |r|^2) / T_0, so z = G T_0 / T
+                factor = first.temperature / term.temperature
+            euclidean = term.distance == "euclidean"
+            offsets.append(
+                sq / term.temperature if euclidean else torch.full_like(sq, 1 / term.temperature)
+            )
+            plain = index == 0 and not self._needs_columns(term)
+            factors.append(None if plain else factor)
+        query = (h * scale[:, None]).to(self.dtype)
+        return Prepared(query, factors, torch.stack(offsets, 0))
+
+    def _needs_columns(self, term: Term) -> bool:
+        return self.unit_rows and term.distance == "euclidean"
+
+    def _product(self, query: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """G (B, stop - start) in float32/float64: the first term's z for a plain first term."""
+        batch = query.shape[0]
+        if batch < MIN_GEMM_ROWS:  # a row's z must not depend on its batch: see MIN_GEMM_ROWS
+            query = torch.cat([query, query.new_zeros(MIN_GEMM_ROWS - batch, query.shape[1])])
+        rows = self.rows[start:stop].T
+        if not self.unit_rows and self.sq_norms is not None:  # euclidean first term, raw rows
+            bias = (self.sq_norms[start:stop] / -self.terms[0].temperature).to(self.dtype)
+            product = torch.addmm(bias, query, rows)
+        else:
+            product = query @ rows
+        return product[:batch].to(self.exact)
+
+    def _logits(
+        self,
+        product: torch.Tensor,
+        prepared: Prepared,
+        t: int,
+        rows: torch.Tensor | None,
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """z of term t for the queries ``rows`` (None: all) over reference rows [start, stop)
+        from their product block; the block itself, overwritten later, when z is the product
+        (callers pass a block they own)."""
+        factor = prepared.factors[t]
+        if factor is None:
+            return product
+        if isinstance(factor, float):
+            z = product * factor
+        else:
+            z = product * (factor if rows is None else factor[rows])[:, None]
+        term = self.terms[t]
+        if self._needs_columns(term) and self.norms is not None and self.sq_norms is not None:
+            z.mul_(self.norms[start:stop]).sub_(self.sq_norms[start:stop] / term.temperature)
+        return z
+
+    def partial(
+        self,
+        prepared: Prepared,
+        classes: torch.Tensor | None,
+        top: int,
+        chunk_size: int,
+        *,
+        score: bool = True,
+        mass: bool = True,
+        exclude: torch.Tensor | None = None,
+    ) -> KernelSums:
+        """Per-class log-sums of the terms over all rows, and the first term's local top-k.
+
+        ``score``: term 0, every class, and its ``top`` largest z (top <= n). ``mass``: terms
+        1.., summed only over each query's class ``classes`` (B,) when given (other columns stay
+        -inf), else over every class. Without ``score`` (classes required) each class's queries
+        are multiplied with that class's rows only: B n / C products. ``exclude`` (B,) optional
+        row per query left out of every sum (leave-one-out). Terms not computed stay -inf.
+        """
+        if not score and classes is None:
+            raise ValueError("mass terms alone need the classes")
+        query = prepared.query
+        batch, device = query.shape[0], query.device
+        groups = _groups(classes) if classes is not None else {}
+        parts: dict[tuple[int, int], list[torch.Tensor]] = {}
+        nearest = _TopK(top)
+        mass_terms = list(range(1, len(self.terms))) if mass else []
+
+        def reduce(t: int, k: int, z: torch.Tensor, rows: torch.Tensor | None, start: int) -> None:
+            if exclude is not None:
+                _leave_out(z, (exclude if rows is None else exclude[rows]) - start)
+            guard = exclude is not None
+            parts.setdefault((t, k), []).append(_logsumexp(z, self._may_underflow(t), guard))
+
+        if score:
+            for start, stop, segments in self._chunks(chunk_size):
+                product = self._product(query, start, stop)
+                for t in mass_terms:
+                    for k, a, b in segments:
+                        rows = groups.get(k) if classes is not None else None
+                        if classes is not None and rows is None:
+                            continue
+                        block = product[:, a - start : b - start]
+                        z = self._logits(
+                            block if rows is None else block[rows], prepared, t, rows, a, b
+                        )
+                        reduce(t, k, z, rows, a)
+                # the first term last: when z is the product itself it is reduced in place
+                z = self._logits(product, prepared, 0, None, start, stop)
+                if top > 0:
+                    nearest.add(z, start)
+                for k, a, b in segments:
+                    reduce(0, k, z[:, a - start : b - start], None, a)
+        elif mass_terms:
+            # the same chunk grid and segments as above, so the sums are bit-identical to the
+            # ones a score pass with known classes would give (MKL products of >= 16 query rows
+            # do not depend on which rows and columns are multiplied together: measured)
+            for _, _, segments in self._chunks(chunk_size):
+                for k, a, b in segments:
+                    rows = groups.get(k)
+                    if rows is None:
+                        continue
+                    product = self._product(query[rows], a, b)
+                    for t in mass_terms:
+                        reduce(t, k, self._logits(product, prepared, t, rows, a, b), rows, a)
+        shape = (len(self.terms), batch, self.num_classes)
+        sums = torch.full(shape, float("-inf"), dtype=self.exact, device=device)
+        for (t, k), values in parts.items():
+            total = log_add(values)
+            if t > 0 and classes is not None:
+                sums[t, groups[k], k] = total
+            else:
+                sums[t, :, k] = total
+        if nearest.values is None or nearest.rows is None:
+            empty = torch.empty((batch, 0), dtype=self.exact, device=device)
+            return KernelSums(sums, prepared.offsets, empty, empty.to(torch.int64))
+        return KernelSums(sums, prepared.offsets, nearest.values, nearest.rows)
+
+    def _chunks(self, chunk_size: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+        """[start, stop) of each chunk of rows with its class segments (k, a, b), a <= j < b."""
+        cached = self._chunk_cache.get(chunk_size)
+        if cached is None:
+            cached = []
+            for start in range(0, self.size, chunk_size):
+                stop = min(start + chunk_size, self.size)
+                segments = [
+                    (k, max(a, start), min(b, stop))
+                    for k, (a, b) in enumerate(self.slices)
+                    if a < stop and b > start
+                ]
+                cached.append((start, stop, segments))
+            self._chunk_cache[chunk_size] = cached  # one atomic store: safe across threads
+        return cached
+
+    def _may_underflow(self, t: int) -> bool:
+        """Whether z - max z of term t over rows can fall below -87: not for cosine with
+        2/T <= 86 (z lies in [-1/T, 1/T]), always possible for euclidean."""
+        term = self.terms[t]
+        return term.distance == "euclidean" or 2.0 / term.temperature > 86.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch as a ``LayerKernel`` multiplies it: ``query`` (B, d) in the product's dtype,
+    ``factors[t]`` (B,) or a number: the a(h) of term t (None: z is the product itself),
+    ``offsets`` (T, B)
+    the shifts o(h) of each term."""
+
+    query: torch.Tensor
+    factors: list[torch.Tensor | float | None]
+    offsets: torch.Tensor
+
+
+@dataclass(frozen=True)
+class KernelSums:
+    """One layer over a run of rows: ``sums`` (T, B, C) the per-class log-sums S_k of shifted
+    logits of every term, ``offsets`` (T, B) their shifts o(h), ``top_values`` (B, m) the first
+    term's m largest z and ``top_rows`` (B, m) their rows (positions in the kernel), unordered."""
+
+    sums: torch.Tensor
+    offsets: torch.Tensor
+    top_values: torch.Tensor
+    top_rows: torch.Tensor
+
+
+def _groups(classes: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{class: indices of the queries that predict it}."""
+    order = torch.argsort(classes, stable=True)
+    values, counts = torch.unique_consecutive(classes[order], return_counts=True)
+    return dict(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
+
+
+def _logsumexp(z: torch.Tensor, clamp: bool, guard: bool) -> torch.Tensor:
+    """log sum_j exp(z_ij) (B,) of a slice (overwritten), its own row maximum subtracted and, if
+    ``clamp``, the exponent clamped at -87 (module docstring). ``guard``: z holds -inf entries
+    (left-out rows, that must count 0, not e^-87), reduced by torch.logsumexp instead."""
+    if guard:
+        return torch.logsumexp(z, 1)
+    top = z.amax(1, keepdim=True)
+    shifted = z.sub_(top).clamp_min_(EXP_FLOOR) if clamp else z.sub_(top)
+    return shifted.exp_().sum(1).log_().add_(top[:, 0])
+
+
+def log_add(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """log sum_i exp(values_i), elementwise over tensors of one shape; -inf entries allowed.
+
+    Built from maximum, exp, log and additions only: their results per element do not depend on
+    the tensors' length (``torch.logaddexp`` and a reduction over a stacked tensor do: their
+    vectorized and scalar paths round differently), so a query's sums do not depend on how many
+    other queries share the tensors.
+    """
+    top = values[0]
+    for value in values[1:]:
+        top = torch.maximum(top, value)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros_like(top)
+    for value in values:
+        total += (value - top).exp_()
+    return total.log_().add_(top)
+
+
+def _leave_out(z: torch.Tensor, columns: torch.Tensor) -> None:
+    """z[i, columns_i] = -inf where 0 <= columns_i < z.shape[1]."""
+    hit = torch.nonzero((columns >= 0) & (columns < z.shape[1]))[:, 0]
+    z[hit, columns[hit]] = float("-inf")
+
+
+class _TopK:
+    """The running k largest entries of each row over chunks of columns, unordered, and their
+    column ids (exact; equal values in any order).
+
+    On the CPU the selection is numpy's introselect (argpartition), about 10 times faster than
+    ``torch.topk`` there (measured on (256, 2048) float32 rows); elsewhere ``torch.topk``.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
+
+    def add(self, z: torch.Tensor, start: int) -> None:
+        """Merge the columns [start, start + n) of ``z`` (B, n) (not modified)."""
+        columns = _select(z, self.k) + start
+        if self.values is None or self.rows is None:
+            self.values, self.rows = z.gather(1, columns - start), columns
+            return
+        values = torch.cat([self.values, z.gather(1, columns - start)], 1)
+        rows = torch.cat([self.rows, columns], 1)
+        pick = _select(values, self.k)
+        self.values, self.rows = values.gather(1, pick), rows.gather(1, pick)
+
+
+def _select(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns (B, min(k, n)) of the k largest entries of each row of ``values`` (B, n)."""
+    n = values.shape[1]
+    if k >= n:
+        return torch.arange(n, device=values.device).expand(values.shape[0], n)
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.argpartition(values.numpy(), n - k, axis=1)[:, n - k :])
+    return values.topk(k, dim=1, sorted=False)[1]

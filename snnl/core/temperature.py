@@ -17,7 +17,9 @@ from scipy.optimize import minimize_scalar
 from snnl.core.distances import Distance, check_distance, pairwise_distances
 from snnl.core.functional import per_row_snnl_from_distances
 
-DEFAULT_BOUNDS: tuple[float, float] = (1e-4, 1e4)
+# The temperature range of the whole package: the T* search, the served-temperature rules and a
+# learned training temperature all stay in [1e-4, 1e4], where exp(-D / T) is stable in log space.
+TEMPERATURE_BOUNDS: tuple[float, float] = (1e-4, 1e4)
 _GRID_POINTS = 33
 
 
@@ -78,7 +80,7 @@ def entanglement(
     y: torch.Tensor | np.ndarray,
     distance: Distance = "cosine",
     *,
-    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     max_points: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
@@ -112,7 +114,7 @@ def optimal_temperature(
     y: torch.Tensor | np.ndarray,
     distance: Distance = "cosine",
     *,
-    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     max_points: int = 2000,
     seed: int = 0,
 ) -> float:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,12 +33,25 @@ from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
 from snnl.scoring.conformal import nonconformity as neg_log_score
 from snnl.scoring.nonconformity import NeighborMass
 from snnl.scoring.results import ScoreResult
-from snnl.scoring.scorer import DEFAULT_CHUNK_SIZE, BatchScores, SoftNeighborScorer
+from snnl.scoring.scorer import BatchScores, SoftNeighborScorer, default_chunk_size
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Detector", "ForwardOutput", "ScoreResult"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "DEFAULT_BATCH_SIZE",
+    "ComputeDtype",
+    "Detector",
+    "ForwardOutput",
+    "ScoreResult",
+]
 
 DEFAULT_BATCH_SIZE = 1024
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+COMPUTE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 class Detector:
@@ -55,8 +69,9 @@ class Detector:
         calibration: Calibration | None,
         runner: OnnxRunner | None,
         device: torch.device,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         reference_path: Path | None = None,
+        compute_dtype: ComputeDtype = "float32",
     ) -> None:
         self.manifest = manifest
         self.calibration = calibration
@@ -77,7 +92,8 @@ class Detector:
             temperatures={name: layer.temperature for name, layer in specs.items()},
             distances={name: layer.distance for name, layer in specs.items()},
             mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
-            chunk_size=chunk_size,
+            chunk_size=chunk_size or default_chunk_size(device),
+            compute_dtype=COMPUTE_DTYPES[compute_dtype],
         )
 
     @classmethod
@@ -88,13 +104,21 @@ class Detector:
         device: str = "auto",
         *,
         threads: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
+        compute_dtype: ComputeDtype = "float32",
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
-        ``threads``: ONNX Runtime intra-op threads (None: its default). RepositoryError names a
-        missing, tampered or malformed file.
+        ``threads``: ONNX Runtime intra-op threads (None: its default). ``chunk_size``: reference
+        rows per matrix product (None: 4096 on the CPU, 262144 on a GPU). ``compute_dtype``: the
+        dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
+        queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
+        error). RepositoryError names a missing, tampered or malformed file.
         """
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(
+                f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+            )
         target = resolve_device(device)
         manifest, files = read_model_files(repository, name, skip=(REFERENCE_FILE,))
         folder = Path(repository) / name
@@ -120,6 +144,7 @@ class Detector:
             device=target,
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
+            compute_dtype=compute_dtype,
         )
 
     @property

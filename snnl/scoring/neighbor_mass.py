@@ -1,22 +1,22 @@
 """The neighbor-mass nonconformity: how many soft neighbors of its predicted class a sample has.
 
-SPEC §1 flags data that "has fewer than the normal number of neighbors from the predicted class".
-The SPEC §2 score s_l is a *fraction* (same-class mass over all mass), so it cannot tell a sample
-far from every reference point from one in the middle of its class (the query's distance cancels
-in the ratio); this nonconformity uses the *amount* instead. For served layer l, geometry g
-(cosine and squared euclidean), predicted class c and the n_c reference rows r_j of class c:
+The product flags data that has fewer than the normal number of neighbors from the predicted
+class. The soft-neighbor score s_l is a *fraction* (same-class mass over all mass), so it cannot
+tell a sample far from every reference point from one in the middle of its class (the query's
+distance cancels in the ratio); this nonconformity uses the *amount* instead. For served layer l,
+geometry g (cosine and squared euclidean), predicted class c and the n_c reference rows r_j of c:
 
     m_{l,g}(x) = log( (1/n_c) sum_{j: y_j = c} exp(-D_g(h_l(x), r_j) / T_{l,g}) )
     a(x)       = -sum_{l,g} (m_{l,g}(x) - mu_{l,g}) / sigma_{l,g}     (higher = less typical)
 
-m is the log of a class-conditional kernel density, computed by ``snnl.core.kernel.class_log_mass``
-(the same code the scorer runs on every batch). Everything is fitted on the reference set
-(in-distribution training features) only: T_{l,g} by the perplexity rule
-(``snnl.scoring.temperature_rule.perplexity_temperature``: the leave-one-out soft neighborhood
-holds P
-points, P = 30), mu and sigma as the mean and standard deviation of m over reference rows left out
-of their own sum, each with its own label as c. Cosine sees the direction of a representation and
-euclidean its position, including its norm (inputs scaled far out keep their direction).
+m is the log of a class-conditional kernel density, computed by
+``snnl.core.kernel.class_mean_log_mass`` (the kernel the scorer runs on every batch). Everything
+is fitted on the reference set (in-distribution training features) only: T_{l,g} by the
+perplexity rule (``snnl.scoring.temperature_rule.perplexity_temperature``: the leave-one-out soft
+neighborhood holds P points, P = 30), mu and sigma as the mean and standard deviation of m over
+reference rows left out of their own sum, each with its own label as c. Cosine sees the direction
+of a representation and euclidean its position, including its norm (inputs scaled far out keep
+their direction).
 The calibration split is then scored with this a(x), so the conformal flag keeps its guarantee.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from snnl.core.distances import Distance, check_distance
-from snnl.core.kernel import ReferenceKernel, class_log_mass
+from snnl.core.kernel import Term, class_mean_log_mass
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
 from snnl.scoring.nonconformity import MassTerm, NeighborMass
@@ -62,11 +62,10 @@ def fit_neighbor_mass(
         )
     order = np.argsort(y, kind="stable")
     y = y[order].astype(np.int64)
-    counts = np.bincount(y)
-    ends = np.cumsum(counts)
-    class_rows = [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
+    sorted_labels = torch.from_numpy(y)
+    num_classes = int(y.max()) + 1
     rows = torch.from_numpy(stratified_subsample(y, max_stat_rows, seed))
-    classes = torch.from_numpy(y)[rows]
+    classes = sorted_labels[rows]
     terms = []
     for layer, values in features.items():
         x = torch.as_tensor(values).detach().to("cpu", torch.float64)
@@ -74,9 +73,12 @@ def fit_neighbor_mass(
             raise InputError(f"features.{layer}: expected ({len(y)}, d), got {tuple(x.shape)}")
         x = x[torch.from_numpy(order)]
         for g in geometries:
-            t = perplexity_temperature(x, y, check_distance(g), perplexity, seed=seed)
-            kernel = ReferenceKernel.from_features(x, g, t)
-            loo = class_log_mass(kernel, x[rows], classes, class_rows, _CHUNK, exclude=rows)
+            distance = check_distance(g)
+            t = perplexity_temperature(x, y, distance, perplexity, seed=seed)
+            term = Term(distance, t)
+            loo = class_mean_log_mass(
+                x, sorted_labels, num_classes, term, x[rows], classes, _CHUNK, exclude=rows
+            )
             terms.append(
                 MassTerm(
                     layer=layer,

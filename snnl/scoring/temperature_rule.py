@@ -30,11 +30,14 @@ import torch
 from scipy.optimize import brentq
 
 from snnl.core.distances import Distance, pairwise_distances
-from snnl.core.temperature import optimal_temperature, stratified_subsample
+from snnl.core.temperature import (
+    TEMPERATURE_BOUNDS,
+    optimal_temperature,
+    stratified_subsample,
+)
 from snnl.errors import InputError
 
 DEFAULT_RULE = "class-perplexity:2"
-_BOUNDS = (1e-4, 1e4)
 _MAX_ELEMENTS = 20_000_000  # distance entries kept at once by the perplexity rule
 
 
@@ -123,9 +126,9 @@ def perplexity_temperature(
         entropy = lse[:, 0] - ((z - lse).exp() * z).sum(1)
         return float(entropy.mean()) - target
 
-    low, high = math.log(_BOUNDS[0]), math.log(_BOUNDS[1])
+    low, high = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])
     if excess_entropy(low) >= 0:
-        return _BOUNDS[0]
+        return TEMPERATURE_BOUNDS[0]
     if excess_entropy(high) <= 0:
-        return _BOUNDS[1]
+        return TEMPERATURE_BOUNDS[1]
     return math.exp(brentq(excess_entropy, low, high, xtol=1e-6))

@@ -39,13 +39,12 @@ from torch import nn
 from snnl.core.distances import Distance, check_distance
 from snnl.core.functional import soft_nearest_neighbor_loss
 from snnl.core.taps import LayerTaps
-from snnl.core.temperature import annealed_temperature
+from snnl.core.temperature import TEMPERATURE_BOUNDS, annealed_temperature
 from snnl.errors import InputError
 
 TemperatureMode = Literal["learned", "annealed"] | float
 
 MAXIMIZE_EPS = 1e-5
-TEMPERATURE_RANGE: tuple[float, float] = (1e-4, 1e4)
 
 
 @dataclass
@@ -146,7 +145,7 @@ class SNNLoss(nn.Module):
         if mode == "learned":
             theta = self.log_inverse_temperature[str(self.layers.index(layer))]
             with torch.no_grad():  # projection onto the stable range; the gradient stays alive
-                theta.clamp_(-math.log(TEMPERATURE_RANGE[1]), -math.log(TEMPERATURE_RANGE[0]))
+                theta.clamp_(-math.log(TEMPERATURE_BOUNDS[1]), -math.log(TEMPERATURE_BOUNDS[0]))
             return torch.exp(-theta)
         value = annealed_temperature(self.epoch) if mode == "annealed" else float(mode)
         return torch.tensor(value)

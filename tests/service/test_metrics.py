@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from service.metrics import ServiceMetrics, observe_many
+from snnl import __version__
 from snnl.model.detector import Detector
 
 SCORE = "/v1/models/digits-mlp/score"
@@ -29,6 +30,8 @@ SPEC = {
     "snnl_queue_depth": ("gauge", {"model"}),
     "snnl_reference_points": ("gauge", {"model", "layer"}),
     "snnl_model_info": ("gauge", {"model", "version", "device", "backend"}),
+    "snnl_requests_in_flight": ("gauge", set()),
+    "snnl_build_info": ("gauge", {"version"}),
 }
 
 
@@ -102,6 +105,19 @@ def test_observe_many_counts_exactly_as_observe_one_by_one() -> None:
         else:
             assert got[key] == count, key
     assert expected[("snnl_p_value_count", (("model", "m"),))] == len(values) - 1 + 3
+
+
+def test_process_python_in_flight_and_build_info(server: Server) -> None:
+    with server.client() as client:
+        text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds"):
+        assert families[name].samples[0].value > 0, name
+    assert "python_gc_objects_collected" in families and "python_info" in families
+    (build,) = families["snnl_build_info"].samples
+    assert build.labels == {"version": __version__} and build.value == 1
+    # The scrape itself is the one request in flight while /metrics renders.
+    assert families["snnl_requests_in_flight"].samples[0].value >= 1
 
 
 def test_unit_interval_histograms_cover_zero_to_one() -> None:

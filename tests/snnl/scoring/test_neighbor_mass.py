@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.core.kernel import ReferenceKernel, class_log_mass
+from snnl.core.kernel import Term, class_mean_log_mass
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
 from snnl.scoring.conformal import mass_nonconformity
@@ -46,13 +46,14 @@ def test_leave_one_out_class_mass_matches_loop(
     data: tuple[np.ndarray, np.ndarray, np.ndarray], distance: str, chunk_size: int
 ) -> None:
     ref, y, _ = data  # y is sorted: class c is rows [20 c, 20 c + 20)
-    kernel = ReferenceKernel.from_features(torch.from_numpy(ref), distance, 0.5)  # type: ignore[arg-type]
     skip = torch.tensor([0, 21, 45, 3, 22, 59, 19])
-    got = class_log_mass(
-        kernel,
+    got = class_mean_log_mass(
+        torch.from_numpy(ref),
+        torch.from_numpy(y),
+        3,
+        Term(distance, 0.5),  # type: ignore[arg-type]
         torch.from_numpy(ref[skip.numpy()]),
         torch.from_numpy(y[skip.numpy()]),
-        [(0, 20), (20, 40), (40, 60)],
         chunk_size,
         exclude=skip,
     )
@@ -109,14 +110,21 @@ def test_far_and_off_class_samples_are_less_conforming(
 ) -> None:
     ref, y, _ = data
     spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
-    kernels = [
-        ReferenceKernel.from_features(torch.from_numpy(ref), t.distance, t.temperature)
-        for t in spec.terms
-    ]
-    rows = [(0, 20), (20, 40), (40, 60)]
+    terms = [Term(t.distance, t.temperature) for t in spec.terms]
 
     def a(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-        m = [class_log_mass(k, torch.from_numpy(x), torch.from_numpy(c), rows, 16) for k in kernels]
+        m = [
+            class_mean_log_mass(
+                torch.from_numpy(ref),
+                torch.from_numpy(y),
+                3,
+                term,
+                torch.from_numpy(x),
+                torch.from_numpy(c),
+                16,
+            )
+            for term in terms
+        ]
         return mass_nonconformity(torch.stack(m, 1).numpy(), spec)
 
     inside = a(ref[:10], y[:10])

@@ -246,3 +246,37 @@ def test_mass_term_of_an_unknown_layer_is_refused() -> None:
             distances={"h": "cosine"},
             mass_terms=[("g", "cosine", 1.0)],
         )
+
+
+@pytest.mark.parametrize("known_prediction", [True, False])
+@pytest.mark.parametrize("chunk_size", [5, 1000])
+def test_euclidean_layer_with_cosine_and_euclidean_terms_matches_slow_loop(
+    known_prediction: bool, chunk_size: int
+) -> None:
+    """One product serves a euclidean layer and mass terms of both geometries (unit rows with
+    the norms put back for euclidean), at the given prediction or at the one the scorer makes."""
+    q, r, y, predicted = _data(seed=7)
+    terms = [("h", "cosine", 0.1), ("h", "euclidean", 0.7), ("h", "euclidean", 3.0)]
+    scorer = SoftNeighborScorer(
+        {"h": torch.from_numpy(r)},
+        torch.from_numpy(y),
+        num_classes=4,
+        temperatures={"h": 3.0},
+        distances={"h": "euclidean"},
+        mass_terms=terms,
+        chunk_size=chunk_size,
+    )
+    given = torch.from_numpy(predicted) if known_prediction else None
+    got = scorer.score({"h": torch.from_numpy(q)}, given, k=6, neighbors=9)
+    log_s, counts, nearest, probs, preds = _slow(
+        q, r, y, 3.0, "euclidean", predicted if known_prediction else None, 4, 6
+    )
+    np.testing.assert_array_equal(got.predicted, preds)
+    np.testing.assert_allclose(got.log_score[:, 0], log_s, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.class_probability, probs, rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(got.same_class[:, 0], counts)
+    assert got.neighbor_ids is not None
+    np.testing.assert_array_equal(got.neighbor_ids[:, 0], [o[:9] for o in nearest])
+    for i, (_, distance, t) in enumerate(terms):
+        slow = [_slow_class_mass(q[b], r, y, preds[b], t, distance) for b in range(len(q))]
+        np.testing.assert_allclose(got.log_mass[:, i], slow, rtol=1e-9, atol=1e-9)
