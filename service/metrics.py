@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import (
@@ -30,6 +30,9 @@ from snnl.scoring.results import STAGES
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
 WAIT_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+BULK_FROM = 8
+"""From this many values on, ``observe_many`` adds bucket counts in bulk (measured: ~1 us per
+``observe``, ~7 us fixed cost for the bulk path)."""
 UNIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, *(i / 10 for i in range(1, 10)), 0.95, 0.99, 1)
 
 
@@ -158,11 +161,31 @@ class ServiceMetrics:
                 self.stage_duration.labels(model, stage).observe(result.timings[stage])
         self.samples_scored.labels(model).inc(n)
         self.outliers.labels(model).inc(int(np.count_nonzero(result.outlier)))
-        p_value = self.p_value.labels(model)
-        for value in np.asarray(result.p_value, dtype=float).tolist():
-            p_value.observe(value)
+        observe_many(self.p_value.labels(model), result.p_value)
         scores = np.asarray(result.soft_neighbor_score, dtype=float)
         for column, layer in enumerate(result.layers):
-            histogram = self.soft_neighbor_score.labels(model, layer)
-            for value in scores[:, column].tolist():
-                histogram.observe(value)
+            observe_many(self.soft_neighbor_score.labels(model, layer), scores[:, column])
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v of ``values``, in a few bulk additions.
+
+    ``histogram`` is one labeled child of a ``prometheus_client.Histogram``. A value lands in the
+    first bucket whose upper bound is >= it (``observe``'s rule, so ``np.searchsorted(bounds,
+    values, side="left")``); each bucket then gets its count in one ``inc`` and the sum gets
+    ``sum(values)`` in one ``inc``, instead of one locked update per value. NaN (above every
+    bound, as in ``observe``) counts in no bucket and makes the sum NaN. prometheus_client has
+    no public bulk observe, so this reads the child's ``_upper_bounds``, ``_buckets`` and
+    ``_sum`` (tests/service/test_metrics.py checks it against ``observe`` value by value).
+    Fewer than ``BULK_FROM`` values are observed one by one: the numpy calls cost more there.
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size < BULK_FROM:
+        for value in values.tolist():
+            histogram.observe(value)
+        return
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket in np.flatnonzero(counts[: len(bounds)]).tolist():
+        histogram._buckets[bucket].inc(int(counts[bucket]))
+    histogram._sum.inc(float(values.sum()))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
@@ -46,15 +47,34 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse_json_object(body: bytes, schema: type[BaseModel]) -> Any:
-    """``body`` parsed as JSON (else 400), validated by ``schema`` (else 422 naming the field)."""
+    """``body`` parsed as JSON (else 400), validated by ``schema`` (else 422 naming the field).
+
+    orjson parses strict JSON (RFC 8259) to the same Python values as the standard library, an
+    order of magnitude faster. Whatever it refuses (malformed text, NaN or Infinity literals,
+    integers beyond 64 bits, nesting deeper than 1024, other encodings than UTF-8) is parsed
+    again by the standard library, whose answer (a value, or the error named in the 400) decides:
+    the fast path changes no outcome.
+    """
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        value = _parse_json_stdlib(body)
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"body: expected a JSON object, got {type(value).__name__}")
+    return validated(value, schema)
+
+
+def _parse_json_stdlib(body: bytes) -> Any:
+    try:
+        return json.loads(body)
     except ValueError as err:  # also UnicodeDecodeError, and integers over 4300 digits
         raise MalformedRequest(f"body: not valid JSON ({err})") from err
     except RecursionError as err:
         raise MalformedRequest("body: JSON nested too deeply") from err
-    if not isinstance(value, dict):
-        raise MalformedRequest(f"body: expected a JSON object, got {type(value).__name__}")
+
+
+def validated(value: Mapping[str, Any], schema: type[BaseModel]) -> Any:
+    """``value`` validated by ``schema``; the first error is a 422 naming its field."""
     try:
         return schema.model_validate(value)
     except ValidationError as err:

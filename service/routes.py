@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Security
+import orjson
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
@@ -19,12 +20,14 @@ from service.payload import (
     npy_batch,
     parse_json_object,
     parse_npy,
+    validated,
 )
 from service.schemas import (
     EvaluateRequest,
     EvaluateResponse,
     ModelDetail,
     ModelList,
+    ScoreOptions,
     ScoreRequest,
     ScoreResponse,
 )
@@ -73,8 +76,10 @@ async def require_api_key(
 
 
 def _body_schema(schema: type[Any], *, npy: bool) -> dict[str, Any]:
-    """OpenAPI request body: the JSON schema (and, with ``npy``, one ``.npy`` array)."""
+    """OpenAPI request body: the JSON schema (and, with ``npy``, one ``.npy`` array and the
+    ``ScoreOptions`` as query parameters)."""
     content: dict[str, Any] = {JSON_MEDIA_TYPE: {"schema": schema.model_json_schema()}}
+    extra: dict[str, Any] = {"requestBody": {"required": True, "content": content}}
     if npy:
         content[NPY_MEDIA_TYPE] = {
             "schema": {
@@ -84,8 +89,27 @@ def _body_schema(schema: type[Any], *, npy: bool) -> dict[str, Any]:
                 "(B, d) of a one-layer embedding-only model; alpha and neighbors as query.",
             }
         }
-    return {"requestBody": {"required": True, "content": content}}
+        options = ScoreOptions.model_json_schema()["properties"]
+        extra["parameters"] = [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"x-npy bodies only: {field.pop('description')}",
+                "schema": field,
+            }
+            for name, field in options.items()
+        ]
+    return extra
 
+
+def json_response(content: Any) -> Response:
+    """``content`` (plain Python values, finite floats) as JSON, encoded by orjson: the same
+    values as ``JSONResponse``'s ``json.dumps``, 20-40 times faster on score results."""
+    return Response(orjson.dumps(content), media_type=JSON_MEDIA_TYPE)
+
+
+DEFAULT_OPTIONS = ScoreOptions()
 
 probes = APIRouter(tags=["operations"])
 v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
@@ -139,35 +163,36 @@ async def get_model(model: str, state: State) -> ModelDetail:
     responses=ERROR_RESPONSES,
     openapi_extra=_body_schema(ScoreRequest, npy=True),
 )
-async def score(
-    model: str,
-    request: Request,
-    state: State,
-    alpha: Annotated[float | None, Query(gt=0, lt=1, description="x-npy bodies only")] = None,
-    neighbors: Annotated[int | None, Query(ge=0, le=1000, description="x-npy bodies only")] = None,
-) -> Response:
+async def score(model: str, request: Request) -> Response:
     """Score a batch: prediction, per-layer soft-neighbor scores, p-value and outlier flag.
 
     JSON: ``{"inputs": [...], "alpha": 0.05, "neighbors": 0}`` (``embeddings`` for embedding-only
     models). ``application/x-npy``: the samples as one array, ``alpha``/``neighbors`` as query.
+    The query is read here, not declared as FastAPI parameters: solving those per request took
+    more event-loop time than the rest of this handler (docs/performance.md).
     """
+    state = await get_state(request)
     served = state.served(model)
+    query = request.query_params
+    options: ScoreOptions = validated(dict(query), ScoreOptions) if query else DEFAULT_OPTIONS
     kind = media_type(request.headers.get("content-type"))
     body = await read_body(request, state.settings.max_request_bytes)
     served = state.served(model)  # the version serving now: no await from here to the queue
     if kind == NPY_MEDIA_TYPE:
         samples = npy_batch(parse_npy(body), served.spec)
     else:
-        if alpha is not None or neighbors is not None:
+        if "alpha" in query or "neighbors" in query:
             raise MalformedRequest("query alpha/neighbors: with a JSON body give them in the body")
         parsed: ScoreRequest = parse_json_object(body, ScoreRequest)
         samples = model_batch(parsed.inputs, parsed.embeddings, served.spec)
-        alpha, neighbors = parsed.alpha, parsed.neighbors
-    neighbors = check_neighbors(neighbors or 0, served.info.reference_size)
+        options = parsed
+    neighbors = check_neighbors(options.neighbors, served.info.reference_size)
     request.state.batch_size = num_rows(samples)
-    submitted = served.batcher.submit(samples, alpha=alpha, neighbors=neighbors)
+    submitted = served.batcher.submit(samples, alpha=options.alpha, neighbors=neighbors)
     result = await unless_disconnected(request, submitted)
-    return JSONResponse({"model": model, "version": served.version, "results": result.to_records()})
+    return json_response(
+        {"model": model, "version": served.version, "results": result.to_records()}
+    )
 
 
 @v1.post(

@@ -11,7 +11,21 @@ from service.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST,
 from snnl.evaluation.embeddings import LayerEvaluation
 
 
-class ScoreRequest(BaseModel):
+class ScoreOptions(BaseModel):
+    """How to score: in a JSON body's fields, or as the query of an ``application/x-npy`` body."""
+
+    alpha: float | None = Field(
+        None, gt=0, lt=1, description="Flag outliers at p_value < alpha (default: the manifest's)."
+    )
+    neighbors: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Also return the ids of the k nearest reference points per layer.",
+    )
+
+
+class ScoreRequest(ScoreOptions):
     """Score a batch: ``inputs`` for a model, ``embeddings`` for an embedding-only model."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_REQUEST]})
@@ -21,15 +35,6 @@ class ScoreRequest(BaseModel):
     )
     embeddings: dict[str, list[Any]] | None = Field(
         None, description="Embedding-only models: {layer: [[...], ...]}, every served layer."
-    )
-    alpha: float | None = Field(
-        None, gt=0, lt=1, description="Flag outliers at p_value < alpha (default: the manifest's)."
-    )
-    neighbors: int = Field(
-        0,
-        ge=0,
-        le=1000,
-        description="Also return the ids of the k nearest reference points per layer.",
     )
 
     @model_validator(mode="after")

@@ -88,10 +88,14 @@ def _score_call(detector: Detector) -> ScoreFn[ScoreResult]:
 
 
 def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
-    """Real scoring calls at full batch size and at 1 sample (allocations, kernels, caches)."""
+    """Real scoring calls at full batch size and at 1 sample (allocations, kernels, caches).
+
+    Embedding-only models get standard normal rows (reading the reference back from disk to
+    borrow real rows would hash and copy the whole file again before /readyz)."""
     if detector.input_shape is None:
+        rng = np.random.default_rng(0)
         batch: Samples = {
-            layer: np.resize(detector.reference_features(layer), (batch_size, dim))
+            layer: rng.standard_normal((batch_size, dim), dtype=np.float32)
             for layer, dim in _layer_dims(detector).items()
         }
     else:

@@ -27,7 +27,7 @@ from snnl.errors import InputError, RepositoryError
 from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE, Manifest
 from snnl.model.reference import ReferenceSet
 from snnl.model.runtime import ForwardOutput, OnnxRunner, resolve_device
-from snnl.model.store import read_model_files, read_verified
+from snnl.model.store import map_verified, read_model_files, read_verified
 from snnl.scoring.batch import Samples, row_chunks
 from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
 from snnl.scoring.conformal import nonconformity as neg_log_score
@@ -151,9 +151,10 @@ class Detector:
             manifest, files, reference = opened.manifest, opened.files, opened.reference
             scorer = opened.scorer
         else:
-            manifest, files = read_model_files(repository, name)
+            # The reference is memory-mapped (file-backed pages, shared between processes).
+            manifest, files = read_model_files(repository, name, skip=(REFERENCE_FILE,))
             reference = ReferenceSet.from_bytes(
-                files[REFERENCE_FILE],
+                map_verified(folder / REFERENCE_FILE, manifest.files[REFERENCE_FILE]),
                 [layer.name for layer in manifest.layers],
                 device=target,
                 source=folder / REFERENCE_FILE,

@@ -7,6 +7,9 @@ the file as is; neighbor ids index this stored order. The file (reference.safete
 
 from __future__ import annotations
 
+import json
+import math
+import mmap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,6 +25,7 @@ from snnl.errors import RepositoryError
 
 StorageDtype = Literal["float32", "float16"]
 _STORAGE: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64}
 
 
 class ReferenceSet:
@@ -105,16 +109,20 @@ class ReferenceSet:
     @classmethod
     def from_bytes(
         cls,
-        data: bytes,
+        data: bytes | mmap.mmap,
         layers: Sequence[str],
         *,
         device: torch.device | str = "cpu",
         source: str | Path = "reference.safetensors",
     ) -> ReferenceSet:
         """Parse reference.safetensors for ``layers`` and put it on ``device`` once (features
-        keep their stored dtype); RepositoryError names ``source`` and the bad tensor."""
+        keep their stored dtype); RepositoryError names ``source`` and the bad tensor.
+
+        From a memory-mapped file (``snnl.model.store.map_verified``) the CPU tensors are
+        views of the map: no copy, and the pages stay file-backed (shared by every process
+        serving the file, reclaimable by the kernel)."""
         try:
-            tensors = load_safetensors(data)
+            tensors = load_safetensors(data) if isinstance(data, bytes) else _views(data)
         except Exception as err:
             raise RepositoryError(f"{source}: not a readable safetensors file ({err})") from err
         labels = tensors.get("labels")
@@ -136,3 +144,34 @@ class ReferenceSet:
             return cls(features, labels.to(device))
         except ValueError as err:
             raise RepositoryError(f"{source}: {err}") from err
+
+
+def _views(buffer: mmap.mmap) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file in ``buffer`` as views of it (no copy).
+
+    The format: an 8-byte little-endian header length n, n bytes of JSON {name: {"dtype",
+    "shape", "data_offsets": [begin, end]}} (offsets relative to the end of the header), the data.
+    """
+    size = int.from_bytes(buffer[:8], "little")
+    if len(buffer) < 8 or 8 + size > len(buffer):
+        raise ValueError("the header length exceeds the file")
+    header = json.loads(buffer[8 : 8 + size])
+    data = len(buffer) - 8 - size
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"tensor {name!r}: dtype {info['dtype']} is not F32, F16 or I64")
+        shape = [int(n) for n in info["shape"]]
+        begin, end = (int(n) for n in info["data_offsets"])
+        count = math.prod(shape)
+        if not 0 <= begin <= end <= data or end - begin != count * dtype.itemsize:
+            raise ValueError(f"tensor {name!r}: data offsets {begin}..{end} do not fit its shape")
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            view = torch.frombuffer(buffer, dtype=dtype, count=count, offset=8 + size + begin)
+            tensors[name] = view.reshape(shape)
+    return tensors

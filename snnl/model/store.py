@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,8 +22,8 @@ from snnl.errors import RepositoryError
 from snnl.model.manifest import MANIFEST_FILE, Manifest, check_name
 
 
-def sha256(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
+def sha256(data: bytes | mmap.mmap) -> str:
+    """Hex sha256 of ``data`` (bytes, or a memory-mapped file)."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -110,12 +111,18 @@ def load_manifest(repository: str | Path, name: str) -> Manifest:
     return manifest
 
 
-def read_model_files(repository: str | Path, name: str) -> tuple[Manifest, dict[str, bytes]]:
-    """The manifest and the bytes of every file it lists, each checked against its sha256."""
+def read_model_files(
+    repository: str | Path, name: str, *, skip: Collection[str] = ()
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its sha256.
+
+    Files named in ``skip`` are left to the caller (``map_verified``: large files, mapped)."""
     manifest = load_manifest(repository, name)
     folder = Path(repository) / name
     contents = {
-        file: read_verified(folder / file, digest) for file, digest in manifest.files.items()
+        file: read_verified(folder / file, digest)
+        for file, digest in manifest.files.items()
+        if file not in skip
     }
     return manifest, contents
 
@@ -166,3 +173,21 @@ def _modified(path: Path) -> RepositoryError:
     return RepositoryError(
         f"{path}: sha256 does not match {MANIFEST_FILE} (file modified or corrupt)"
     )
+
+
+def map_verified(path: Path, digest: str) -> mmap.mmap:
+    """``path`` memory-mapped copy-on-write (pages come from the page cache, shared with other
+    processes mapping the file, and are never written back); the sha256 is computed over the map
+    itself, so what was checked is what is used. RepositoryError as ``read_verified``."""
+    if not path.is_file() and not _unreadable(path):
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    try:
+        with path.open("rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                raise RepositoryError(f"{path}: empty file")
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    except OSError as err:
+        raise RepositoryError(f"{path}: cannot be read ({err.strerror or err})") from err
+    if sha256(data) != digest:
+        raise _modified(path)
+    return data

@@ -101,29 +101,45 @@ class ScoreResult:
         return replace(first, timings=timings, features=features, **arrays)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per sample, the HTTP API's "results" item (plain Python types, JSON-ready)."""
+        """One dict per sample, the HTTP API's "results" item (plain Python types, JSON-ready).
+
+        Each column is converted once with ``tolist`` (the same Python floats, ints and bools as
+        converting element by element), then the records are zipped from the columns.
+        """
+        scores = self.soft_neighbor_score.tolist()
+        same = self.same_class_neighbors.tolist()
+        layer_p = self.layer_p_value.tolist()
+        ids = None if self.neighbor_ids is None else self.neighbor_ids.tolist()
         records = []
-        for i in range(len(self)):
+        for i, (prediction, confidence, a, p, outlier) in enumerate(
+            zip(
+                self.prediction.tolist(),
+                self.confidence.tolist(),
+                self.nonconformity.tolist(),
+                self.p_value.tolist(),
+                self.outlier.tolist(),
+                strict=True,
+            )
+        ):
             layers = []
             for j, name in enumerate(self.layers):
                 layer: dict[str, Any] = {
                     "name": name,
-                    "soft_neighbor_score": float(self.soft_neighbor_score[i, j]),
-                    "same_class_neighbors": int(self.same_class_neighbors[i, j]),
-                    "p_value": float(self.layer_p_value[i, j]),
+                    "soft_neighbor_score": scores[i][j],
+                    "same_class_neighbors": same[i][j],
+                    "p_value": layer_p[i][j],
                 }
-                if self.neighbor_ids is not None:
-                    layer["neighbors"] = self.neighbor_ids[i, j].tolist()
+                if ids is not None:
+                    layer["neighbors"] = ids[i][j]
                 layers.append(layer)
-            prediction = int(self.prediction[i])
             records.append(
                 {
                     "prediction": prediction,
                     "label": self.class_names[prediction],
-                    "confidence": float(self.confidence[i]),
-                    "nonconformity": float(self.nonconformity[i]),
-                    "p_value": float(self.p_value[i]),
-                    "outlier": bool(self.outlier[i]),
+                    "confidence": confidence,
+                    "nonconformity": a,
+                    "p_value": p,
+                    "outlier": outlier,
                     "layers": layers,
                 }
             )

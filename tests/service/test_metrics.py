@@ -10,7 +10,7 @@ from _server import HEADERS, Server
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, observe_many
 from snnl import __version__
 from snnl.model.detector import Detector
 
@@ -70,6 +70,42 @@ def test_every_metric_of_the_spec_with_its_type_and_labels(server: Server) -> No
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
     assert "snnl_requests_total" in text and "snnl_samples_scored_total" in text
+
+
+def test_observe_many_counts_exactly_as_observe_one_by_one() -> None:
+    bulk, single = ServiceMetrics(), ServiceMetrics()
+    rng = np.random.default_rng(0)
+    # Values on the bucket bounds (a value equal to a bound counts in that bucket), between
+    # them, below the first, above the last finite one, and NaN (counted in no bucket).
+    values = np.concatenate(
+        [rng.uniform(0, 1, 500), [0.0, 0.001, 0.05, 0.5, 1.0, 1.5, -1.0, float("nan")]]
+    )
+    for metrics, observe in (
+        (bulk, lambda h, v: observe_many(h, v)),
+        (single, lambda h, v: [h.observe(x) for x in v.tolist()]),
+    ):
+        observe(metrics.p_value.labels("m"), values)
+        observe(metrics.p_value.labels("m"), values[:0])  # an empty batch changes nothing
+        observe(metrics.p_value.labels("m"), values[:3])  # few values: observed one by one
+        observe(metrics.soft_neighbor_score.labels("m", "h"), values[:-1])
+        observe(metrics.queue_wait.labels("m"), values[:-1] / 100)
+
+    def samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[str, ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metrics.registry.collect()
+            for s in family.samples
+            if s.name.startswith("snnl_") and not s.name.endswith("_created")
+        }
+
+    got, expected = samples(bulk), samples(single)
+    assert set(got) == set(expected)
+    for key, count in expected.items():
+        if key[0].endswith("_sum"):  # a different order of float additions
+            assert np.isclose(got[key], count, equal_nan=True), key
+        else:
+            assert got[key] == count, key
+    assert expected[("snnl_p_value_count", (("model", "m"),))] == len(values) - 1 + 3
 
 
 def test_process_python_in_flight_and_build_info(server: Server) -> None:

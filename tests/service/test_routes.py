@@ -13,6 +13,7 @@ import pytest
 from _server import HEADERS, Server, blob_embeddings
 from sklearn.datasets import load_digits
 
+from service.routes import json_response
 from service.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
@@ -133,6 +134,44 @@ def test_score_npy(server: Server, detector: Detector, digits: np.ndarray) -> No
         assert response.json()["results"] == detector.score(x, alpha=0.2, neighbors=2).to_records()
 
 
+def test_score_npy_ignores_other_query_parameters(
+    server: Server, detector: Detector, digits: np.ndarray
+) -> None:
+    x = digits[:3]
+    response = post(server, "/v1/models/digits-mlp/score?neighbors=1&trace=yes", npy(x))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == detector.score(x, neighbors=1).to_records()
+
+
+def test_the_orjson_answer_holds_the_values_json_dumps_wrote(
+    detector: Detector, digits: np.ndarray
+) -> None:
+    content = {"model": "m", "version": "1", "results": detector.score(digits, neighbors=3)}
+    content["results"] = content["results"].to_records()
+    fast = json_response(content)
+    assert fast.media_type == "application/json"
+    assert json.loads(fast.body) == json.loads(json.dumps(content, allow_nan=False))
+
+
+def test_records_are_plain_python_values_of_the_arrays(
+    detector: Detector, digits: np.ndarray
+) -> None:
+    result = detector.score(digits[:40], neighbors=2)
+    for i, record in enumerate(result.to_records()):
+        assert type(record["prediction"]) is int and type(record["outlier"]) is bool
+        assert record["confidence"] == float(result.confidence[i])
+        assert record["nonconformity"] == float(result.nonconformity[i])
+        assert record["p_value"] == float(result.p_value[i])
+        assert record["outlier"] == bool(result.outlier[i])
+        for j, layer in enumerate(record["layers"]):
+            assert type(layer["soft_neighbor_score"]) is float
+            assert layer["soft_neighbor_score"] == float(result.soft_neighbor_score[i, j])
+            assert layer["same_class_neighbors"] == int(result.same_class_neighbors[i, j])
+            assert layer["p_value"] == float(result.layer_p_value[i, j])
+            assert result.neighbor_ids is not None
+            assert layer["neighbors"] == [int(k) for k in result.neighbor_ids[i, j]]
+
+
 def test_score_embedding_only_model(server: Server, blobs: Detector) -> None:
     e, _ = blob_embeddings(40, seed=7)
     response = post(server, "/v1/models/blobs/score", {"embeddings": {"embedding": e.tolist()}})
@@ -181,6 +220,10 @@ ERRORS: list[tuple[str, str, Any, str, int, str]] = [
      "query alpha/neighbors: with a JSON body give them in the body"),
     ("query alpha range", "?alpha=0", npy(np.zeros((1, 64))), NPY_TYPE, 422,
      "alpha: Input should be greater than 0"),
+    ("query neighbors type", "?neighbors=x", npy(np.zeros((1, 64))), NPY_TYPE, 422,
+     "neighbors: Input should be a valid integer, unable to parse string as an integer"),
+    ("json utf-16", "", '{"inputs": 1}'.encode("utf-16"), JSON, 422,
+     "inputs: Input should be a valid list"),
     ("empty batch", "", {"inputs": []}, JSON, 422,
      "inputs: expected a non-empty batch (B, 64), got shape (0,)"),
     ("wrong width", "", {"inputs": [[0] * 63]}, JSON, 422,
@@ -272,6 +315,14 @@ def test_openapi_documents_the_api_with_examples(server: Server) -> None:
                           "/v1/models/{model}/score", "/v1/models/{model}/evaluate"}  # fmt: skip
     body = paths["/v1/models/{model}/score"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "application/x-npy"}
+    query = {
+        p["name"]: p["schema"]
+        for p in paths["/v1/models/{model}/score"]["post"]["parameters"]
+        if p["in"] == "query"
+    }
+    alpha = next(kind for kind in query["alpha"]["anyOf"] if kind["type"] == "number")
+    assert alpha["exclusiveMinimum"] == 0 and alpha["exclusiveMaximum"] == 1
+    assert query["neighbors"]["minimum"] == 0 and query["neighbors"]["maximum"] == 1000
     example = body["application/json"]["schema"]["examples"][0]
     assert len(example["inputs"][0]) == 64
     response = spec["components"]["schemas"]["ScoreResponse"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +14,7 @@ from safetensors.torch import save as save_safetensors
 from snnl.core.taps import LayerTaps
 from snnl.errors import RepositoryError
 from snnl.model.reference import ReferenceSet
+from snnl.model.store import map_verified, sha256
 from snnl.training.nets import build_net
 
 
@@ -76,3 +81,41 @@ def test_refusals_name_the_file_and_tensor() -> None:
         ReferenceSet.from_bytes(save_safetensors(bad), ["h"], source="ref.st")
     with pytest.raises(RepositoryError, match="not a readable safetensors"):
         ReferenceSet.from_bytes(b"\x00" * 20, ["h"], source="ref.st")
+
+
+def _mapped(tmp_path: Path, data: bytes) -> mmap.mmap:
+    path = tmp_path / "reference.safetensors"
+    path.write_bytes(data)
+    return map_verified(path, sha256(data))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_mapped_file_gives_views_of_the_map_equal_to_parsing_bytes(
+    tmp_path: Path, dtype: str
+) -> None:
+    rng = np.random.default_rng(2)
+    features = {"a": rng.normal(size=(7, 3)).astype(np.float32), "b": np.zeros((7, 0), np.float32)}
+    data = ReferenceSet.from_arrays(features, rng.integers(0, 3, size=7)).to_bytes(dtype)
+    parsed = ReferenceSet.from_bytes(data, ["a", "b"])
+    mapped = ReferenceSet.from_bytes(_mapped(tmp_path, data), ["a", "b"])
+    for name in ("a", "b"):
+        assert mapped.features[name].dtype == parsed.features[name].dtype
+        assert torch.equal(mapped.features[name], parsed.features[name])
+    assert torch.equal(mapped.labels, parsed.labels)
+    buffer = _mapped(tmp_path, data)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    view = ReferenceSet.from_bytes(buffer, ["a"]).features["a"]
+    assert start <= view.data_ptr() < start + len(buffer)  # the map itself: no copy was made
+
+
+def test_a_mapped_file_is_checked_as_bytes_are(tmp_path: Path) -> None:
+    labels = torch.tensor([0, 1, 1])
+    good = save_safetensors({"labels": labels, "features.h": torch.zeros(3, 2)})
+    with pytest.raises(RepositoryError, match=r"ref\.st: missing tensor 'features\.g'"):
+        ReferenceSet.from_bytes(_mapped(tmp_path, good), ["g"], source="ref.st")
+    bad = save_safetensors({"labels": labels, "features.h": torch.zeros(3, 2, dtype=torch.int32)})
+    with pytest.raises(RepositoryError, match="dtype I32 is not F32, F16 or I64"):
+        ReferenceSet.from_bytes(_mapped(tmp_path, bad), ["h"], source="ref.st")
+    for broken in (b"\xff" * 20, good[:-8], good[:12]):
+        with pytest.raises(RepositoryError, match="not a readable safetensors"):
+            ReferenceSet.from_bytes(_mapped(tmp_path, broken), ["h"], source="ref.st")

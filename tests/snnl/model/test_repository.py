@@ -9,7 +9,14 @@ import pytest
 
 from snnl.errors import RepositoryError
 from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE, LayerSpec, Manifest
-from snnl.model.store import list_models, load_manifest, read_model_files, sha256, write_model
+from snnl.model.store import (
+    list_models,
+    load_manifest,
+    map_verified,
+    read_model_files,
+    sha256,
+    write_model,
+)
 
 
 def _manifest(name: str = "emb", **changes: object) -> Manifest:
@@ -62,6 +69,23 @@ def test_tampered_and_missing_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "emb" / REFERENCE_FILE).write_bytes(FILES[REFERENCE_FILE])
     with pytest.raises(RepositoryError, match=r"calibration\.safetensors: missing"):
         read_model_files(tmp_path, "emb")
+
+
+def test_mapped_files_are_verified_over_the_map(tmp_path: Path) -> None:
+    write_model(tmp_path, _manifest(), FILES)
+    manifest, contents = read_model_files(tmp_path, "emb", skip=(REFERENCE_FILE,))
+    assert set(contents) == {CALIBRATION_FILE}
+    path = tmp_path / "emb" / REFERENCE_FILE
+    assert map_verified(path, manifest.files[REFERENCE_FILE])[:] == FILES[REFERENCE_FILE]
+    path.write_bytes(b"reference bytez")
+    with pytest.raises(RepositoryError, match=r"reference\.safetensors: sha256 does not match"):
+        map_verified(path, manifest.files[REFERENCE_FILE])
+    path.write_bytes(b"")
+    with pytest.raises(RepositoryError, match=r"reference\.safetensors: empty file"):
+        map_verified(path, manifest.files[REFERENCE_FILE])
+    path.unlink()
+    with pytest.raises(RepositoryError, match=r"reference\.safetensors: missing"):
+        map_verified(path, manifest.files[REFERENCE_FILE])
 
 
 def test_bad_manifests_and_names(tmp_path: Path) -> None:
