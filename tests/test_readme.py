@@ -6,8 +6,8 @@ start a server (``scripts/run``, ``snnl serve``) run in the background until it 
 ``/readyz``; the ``curl`` blocks after them run against it, and it is stopped before the next
 server block and at the end. Two things differ from a user's terminal: ``SNNL_PORT`` is set to
 a free port, and ``localhost:8000`` in the blocks is rewritten to it. ``scripts/test`` is the one
-block not run: it runs this test. Blocks that are not meant to run are fenced ``text`` or
-``json``.
+block not run: it runs this test. Blocks that are not meant to run (output, data, configuration,
+commands that need a Docker engine or a cluster) are fenced ``text``, ``json`` or ``yaml``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RUNNABLE = {"bash", "sh", "python"}
-NOT_RUN = {"text", "json"}
+NOT_RUN = {"text", "json", "yaml"}  # output, data and configuration, not commands
 SERVER_COMMANDS = ("scripts/run", "snnl serve")
 BLOCK_TIMEOUT_S = 600  # generous: a bound, not a timing check (a busy machine is slow)
 READY_TIMEOUT_S = 300

@@ -49,7 +49,7 @@ def test_api_keys_are_security_schemes_of_the_guarded_operations(openapi: dict[s
     assert schemes["api_key"]["in"] == "header" and schemes["api_key"]["name"] == "X-API-Key"
     for path, operations in openapi["paths"].items():
         for operation in operations.values():
-            guarded = path.startswith("/v1") or path == "/v2" or path.startswith("/v2/models")
+            guarded = path.startswith(("/v1", "/v2/models", "/v2/repository")) or path == "/v2"
             expected = [{"bearer": []}, {"api_key": []}] if guarded else None
             assert operation.get("security") == expected, path
 
