@@ -33,6 +33,7 @@ FLAGS: tuple[tuple[str, str, str], ...] = (
     ("warmup_iterations", "--warmup-iterations", "warm-up scoring calls per model (default 2)"),
     ("gzip_min_bytes", "--gzip-min-bytes", "gzip responses from this size, bytes (default 1024)"),
     ("cors_origins", "--cors-origins", "comma-separated CORS origins (default: none, CORS off)"),
+    ("compute_dtype", "--compute-dtype", "float32 | bfloat16 | float16 (default float32)"),
     ("shards", "--shards", "reference shards per model on Ray actors (default 0: none)"),
     ("ray_address", "--ray-address", "Ray cluster of the shards (default: a local one)"),
 )

@@ -394,6 +394,7 @@ class ServiceState:
             name,
             device=s.device,
             threads=s.scoring_threads,
+            compute_dtype=s.compute_dtype,
             shards=s.shards,
             ray_address=s.ray_address,
         )

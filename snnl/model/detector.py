@@ -78,6 +78,7 @@ class Detector:
         self.manifest = manifest
         self.calibration = calibration
         self.device = str(device)
+        self.compute_dtype: ComputeDtype = compute_dtype
         self._runner = runner
         self._reference_path = reference_path
         specs = {layer.name: layer for layer in manifest.layers}

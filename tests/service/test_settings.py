@@ -81,6 +81,7 @@ def test_keyword_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPa
         ({"log_level": "chatty"}, "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
         ({"model_repository": "does-not-exist"}, "'does-not-exist' is not a directory"),
         ({"workers": 4}, "Extra inputs are not permitted"),
+        ({"compute_dtype": "int8"}, "'float32', 'bfloat16' or 'float16'"),
     ],
 )
 def test_unsafe_values_are_refused(values: dict[str, object], message: str) -> None:
@@ -94,3 +95,22 @@ def test_every_setting_has_its_flag_and_variable() -> None:
         assert flag == setting_flag(setting)
     assert setting_flag("model_repository") == "--repository"
     assert setting_env("max_queue") == "SNNL_MAX_QUEUE"
+
+
+def test_compute_dtype_reaches_the_served_detector() -> None:
+    """SNNL_COMPUTE_DTYPE is what the served model multiplies in, and it still scores."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    settings = Settings(
+        model_repository=models, device="cpu", warmup_iterations=1, compute_dtype="bfloat16"
+    )
+    with TestClient(create_app(settings)) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        response = client.post("/v1/models/digits-mlp/score", json={"inputs": [[0.0] * 64]})
+        assert response.status_code == 200, response.text
+        served = client.app.state.service.served("digits-mlp")  # type: ignore[attr-defined]
+        assert served.detector.compute_dtype == "bfloat16"
