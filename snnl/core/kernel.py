@@ -32,6 +32,8 @@ The k largest z of the first term (the nearest rows) are kept as a running top-k
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,12 +45,16 @@ from snnl.core.distances import Distance
 EXP_FLOOR = -87.0  # exp(-87) is still a normal float32
 LOG_FLOOR = -1e12  # log mean kernel of a class with no rows (never for a fitted model's classes)
 _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
-# BLAS multiplies a few query rows with other kernels (GEMV, small-M paths) than many rows, and
-# they round differently. Padding every product to at least this many query rows makes a
-# sample's scores independent of the batch it comes in (alone == merged by the server).
-# Measured with torch's MKL on the CPU: products of 1-15 rows differ in the last bits, from 16
-# rows on they agree. cuBLAS chooses kernels by shape too; on a GPU this is not guaranteed.
+# BLAS picks its kernels by shape, and for a few query rows (GEMV, small-M paths) or a few
+# reference columns the per-element results depend on the shape and even on a row's position
+# among the others. Every product is therefore at least this many query rows by this many
+# reference columns (zero rows and columns padded): measured with torch's MKL on Intel Xeon and
+# AMD EPYC CPUs, such products give each element the same bits whatever the other rows and
+# their order, so a sample's scores do not depend on its batch (alone == merged by the server)
+# and the two rounds of an embedding-only batch agree. cuBLAS chooses kernels by shape too; on
+# a GPU this is not guaranteed.
 MIN_GEMM_ROWS = 16
+MIN_GEMM_COLUMNS = 16
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,8 @@ class LayerKernel:
         self.unit_rows = "cosine" in geometries
         norms = x.norm(dim=1)
         base = x / norms.clamp_min(_NORM_EPS)[:, None] if self.unit_rows else x
-        self.rows = base.to(dtype).contiguous()
+        padding = base.new_zeros(MIN_GEMM_COLUMNS, base.shape[1])
+        self.rows = torch.cat([base, padding]).to(dtype)  # zero rows: see _product
         self.norms = norms if self.unit_rows and "euclidean" in geometries else None
         self.sq_norms = x.pow(2).sum(1) if "euclidean" in geometries else None
 
@@ -183,17 +190,21 @@ class LayerKernel:
         return self.unit_rows and term.distance == "euclidean"
 
     def _product(self, query: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """G (B, stop - start) in float32/float64: the first term's z for a plain first term."""
+        """G (B, stop - start) in float32/float64: the first term's z for a plain first term;
+        computed as a product of at least ``MIN_GEMM_ROWS`` x ``MIN_GEMM_COLUMNS``."""
         batch = query.shape[0]
         if batch < MIN_GEMM_ROWS:  # a row's z must not depend on its batch: see MIN_GEMM_ROWS
             query = torch.cat([query, query.new_zeros(MIN_GEMM_ROWS - batch, query.shape[1])])
-        rows = self.rows[start:stop].T
+        width = stop - start
+        end = max(stop, start + MIN_GEMM_COLUMNS)  # self.rows ends with zero rows
+        rows = self.rows[start:end].T
         if not self.unit_rows and self.sq_norms is not None:  # euclidean first term, raw rows
             bias = (self.sq_norms[start:stop] / -self.terms[0].temperature).to(self.dtype)
+            bias = torch.nn.functional.pad(bias, (0, end - stop))
             product = torch.addmm(bias, query, rows)
         else:
             product = query @ rows
-        return product[:batch].to(self.exact)
+        return product[:batch, :width].to(self.exact)
 
     def _logits(
         self,
@@ -243,57 +254,69 @@ class LayerKernel:
         query = prepared.query
         batch, device = query.shape[0], query.device
         groups = _groups(classes) if classes is not None else {}
-        parts: dict[tuple[int, int], list[torch.Tensor]] = {}
+        every_class: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
+        at_class: dict[tuple[int, int], list[torch.Tensor]] = {}
         nearest = _TopK(top)
         mass_terms = list(range(1, len(self.terms))) if mass else []
+        modes = [self._exp_mode(t, chunk_size) for t in range(len(self.terms))]
 
-        def reduce(t: int, k: int, z: torch.Tensor, rows: torch.Tensor | None, start: int) -> None:
-            if exclude is not None:
-                _leave_out(z, (exclude if rows is None else exclude[rows]) - start)
+        def sums_of(
+            t: int, z: torch.Tensor, cuts: list[int], rows: torch.Tensor | None, start: int
+        ):
             guard = exclude is not None
-            parts.setdefault((t, k), []).append(_logsumexp(z, self._may_underflow(t), guard))
+            if guard:
+                _leave_out(z, (exclude if rows is None else exclude[rows]) - start)
+            return _segment_log_sums(z, cuts, modes[t], guard)
 
         if score:
             for start, stop, segments in self._chunks(chunk_size):
                 product = self._product(query, start, stop)
+                ks = [k for k, _, _ in segments]
+                cuts = [a - start for _, a, _ in segments]
                 for t in mass_terms:
+                    if classes is None:
+                        z = self._logits(product, prepared, t, None, start, stop)
+                        every_class.setdefault(t, []).append((ks, sums_of(t, z, cuts, None, start)))
+                        continue
                     for k, a, b in segments:
-                        rows = groups.get(k) if classes is not None else None
-                        if classes is not None and rows is None:
+                        rows = groups.get(k)
+                        if rows is None:
                             continue
-                        block = product[:, a - start : b - start]
-                        z = self._logits(
-                            block if rows is None else block[rows], prepared, t, rows, a, b
-                        )
-                        reduce(t, k, z, rows, a)
+                        block = product[rows, a - start : b - start]
+                        z = self._logits(block, prepared, t, rows, a, b)
+                        at_class.setdefault((t, k), []).append(sums_of(t, z, [0], rows, a)[:, 0])
                 # the first term last: when z is the product itself it is reduced in place
                 z = self._logits(product, prepared, 0, None, start, stop)
                 if top > 0:
                     nearest.add(z, start)
-                for k, a, b in segments:
-                    reduce(0, k, z[:, a - start : b - start], None, a)
+                every_class.setdefault(0, []).append((ks, sums_of(0, z, cuts, None, start)))
         elif mass_terms:
-            # the same chunk grid and segments as above, so the sums are bit-identical to the
-            # ones a score pass with known classes would give (MKL products of >= 16 query rows
-            # do not depend on which rows and columns are multiplied together: measured)
-            for _, _, segments in self._chunks(chunk_size):
-                for k, a, b in segments:
-                    rows = groups.get(k)
-                    if rows is None:
-                        continue
-                    product = self._product(query[rows], a, b)
+            # the same chunk grid, and each chunk multiplied whole (the queries of the classes
+            # it holds), so the sums are bit-identical to the ones a score pass gives: MKL
+            # products of >= 16 query rows do not depend on which rows are multiplied together,
+            # but products over a few columns do differ from the same columns of a wider one
+            # (measured)
+            for start, stop, segments in self._chunks(chunk_size):
+                present = [(k, a, b, groups[k]) for k, a, b in segments if k in groups]
+                if not present:
+                    continue
+                members = torch.cat([p[3] for p in present])
+                product = self._product(query[members], start, stop)
+                offset = 0
+                for k, a, b, rows in present:
+                    block = product[offset : offset + len(rows), a - start : b - start]
+                    offset += len(rows)
                     for t in mass_terms:
-                        reduce(t, k, self._logits(product, prepared, t, rows, a, b), rows, a)
+                        z = self._logits(block, prepared, t, rows, a, b)
+                        at_class.setdefault((t, k), []).append(sums_of(t, z, [0], rows, a)[:, 0])
         shape = (len(self.terms), batch, self.num_classes)
         # float64 log-sums (B x C, cheap): the log of a float32 sum keeps its ~1e-7 relative
         # error instead of a float32 ulp of max z (1e-6 at |z| ~ 10), so shards merge exactly
         sums = torch.full(shape, float("-inf"), dtype=torch.float64, device=device)
-        for (t, k), values in parts.items():
-            total = log_add(values)
-            if t > 0 and classes is not None:
-                sums[t, groups[k], k] = total
-            else:
-                sums[t, :, k] = total
+        for t, parts in every_class.items():
+            sums[t] = _merge_chunks(parts, batch, self.num_classes, device)
+        for (t, k), values in at_class.items():
+            sums[t, groups[k], k] = log_add(values)
         if nearest.values is None or nearest.rows is None:
             empty = torch.empty((batch, 0), dtype=self.exact, device=device)
             return KernelSums(sums, prepared.offsets, empty, empty.to(torch.int64))
@@ -315,11 +338,25 @@ class LayerKernel:
             self._chunk_cache[chunk_size] = cached  # one atomic store: safe across threads
         return cached
 
-    def _may_underflow(self, t: int) -> bool:
-        """Whether z - max z of term t over rows can fall below -87: not for cosine with
-        2/T <= 86 (z lies in [-1/T, 1/T]), always possible for euclidean."""
+    def _exp_mode(self, t: int, chunk_size: int) -> float | None:
+        """How term t's exponentials stay in the normal float32 range: a fixed shift c
+        (exp(z - c) for every row), or None (each class slice's own maximum subtracted).
+
+        A cosine z lies in [-1/T, 1/T]. With 1/T + ln(chunk) <= 87 no shift is needed (c = 0:
+        every exp(z) >= e^-87 is normal, a slice's sum <= chunk e^(1/T) < e^88 does not
+        overflow); with 2/T <= 86 the shift c = 1/T puts z - c in [-2/T, 0]. Otherwise (and for
+        euclidean z, unbounded below) the slice maxima are needed. A fixed shift saves the
+        maximum and the subtraction: one exp pass over the logits per term.
+        """
         term = self.terms[t]
-        return term.distance == "euclidean" or 2.0 / term.temperature > 86.0
+        if term.distance != "cosine":
+            return None
+        inverse = 1.0 / term.temperature
+        if inverse + math.log(chunk_size) <= -EXP_FLOOR:
+            return 0.0
+        if 2.0 * inverse <= -EXP_FLOOR - 1.0:
+            return inverse
+        return None
 
 
 @dataclass(frozen=True)
@@ -353,16 +390,71 @@ def _groups(classes: torch.Tensor) -> dict[int, torch.Tensor]:
     return dict(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
 
 
-def _logsumexp(z: torch.Tensor, clamp: bool, guard: bool) -> torch.Tensor:
-    """log sum_j exp(z_ij) (B,) of a slice (overwritten), its own row maximum subtracted and, if
-    ``clamp``, the exponent clamped at -87 (module docstring); float64 (the log of the sum and the
-    maximum added without a float32 rounding). ``guard``: z holds -inf entries (left-out rows,
-    that must count 0, not e^-87), reduced by torch.logsumexp instead."""
+def _segment_log_sums(
+    z: torch.Tensor, cuts: list[int], shift: float | None, guard: bool
+) -> torch.Tensor:
+    """log sum_{j in segment s} exp(z_ij) (B, S) in float64 of the column segments [cuts_s,
+    cuts_s+1) of ``z`` (B, n) (overwritten; the last segment ends at n).
+
+    ``shift``: a fixed c with z - c in the normal float32 exp range (``LayerKernel._exp_mode``),
+    or None: each segment's own row maximum M subtracted and the exponent clamped at -87 (module
+    docstring). The log of the sum and c or M are added in float64. ``guard``: z holds -inf
+    entries (left-out rows, that must count 0, not e^-87), reduced by torch.logsumexp instead.
+    """
     if guard:
-        return torch.logsumexp(z, 1)
-    top = z.amax(1, keepdim=True)
-    shifted = z.sub_(top).clamp_min_(EXP_FLOOR) if clamp else z.sub_(top)
-    return shifted.exp_().sum(1).double().log_().add_(top[:, 0])
+        bounds = [*cuts, z.shape[1]]
+        parts = [torch.logsumexp(z[:, a:b], 1) for a, b in itertools.pairwise(bounds)]
+        return torch.stack(parts, 1).double()
+    if shift is not None:
+        exp = z.sub_(shift).exp_() if shift else z.exp_()
+        return _segment_sums(exp, cuts).double().log_().add_(shift)
+    top = _segment_max(z, cuts)
+    lengths = torch.diff(torch.tensor([*cuts, z.shape[1]], device=z.device))
+    spread = top if len(cuts) == 1 else top.repeat_interleave(lengths, dim=1)
+    exp = z.sub_(spread).clamp_min_(EXP_FLOOR).exp_()
+    return _segment_sums(exp, cuts).double().log_().add_(top)
+
+
+def _segment_sums(x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    """Row sums (B, S) of the column segments of ``x`` (B, n) starting at ``cuts``.
+
+    On the CPU one ``numpy.add.reduceat`` call for all segments, also for one: a segment's sum
+    is the same bits whether it is reduced alone or among others, and whatever the other rows
+    of the batch (measured), so one-round and two-round mass terms agree. On other devices one
+    sum per segment."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.add.reduceat(x.numpy(), cuts, axis=1))
+    bounds = [*cuts, x.shape[1]]
+    return torch.stack([x[:, a:b].sum(1) for a, b in itertools.pairwise(bounds)], 1)
+
+
+def _segment_max(x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    """Row maxima (B, S) of the column segments of ``x`` (B, n) starting at ``cuts``."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.maximum.reduceat(x.numpy(), cuts, axis=1))
+    bounds = [*cuts, x.shape[1]]
+    return torch.stack([x[:, a:b].amax(1) for a, b in itertools.pairwise(bounds)], 1)
+
+
+def _merge_chunks(
+    parts: list[tuple[list[int], torch.Tensor]], batch: int, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """Per-class log-sums (B, C) over all chunks from each chunk's (classes, log-sums (B, S)).
+
+    A class's chunks are merged by ``log_add`` in chunk order: the parts are stacked (depth =
+    the most chunks any class spans, -inf where a class has fewer, which adds exactly 0)."""
+    depth = [0] * num_classes
+    layers = []
+    for classes, _ in parts:
+        layers.append([depth[k] for k in classes])
+        for k in classes:
+            depth[k] += 1
+    stack = torch.full(
+        (max(depth), batch, num_classes), float("-inf"), dtype=torch.float64, device=device
+    )
+    for (classes, values), layer in zip(parts, layers, strict=True):
+        stack[layer, :, classes] = values.T
+    return stack[0] if len(stack) == 1 else log_add(list(stack))
 
 
 def log_add(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -391,34 +483,45 @@ def _leave_out(z: torch.Tensor, columns: torch.Tensor) -> None:
 
 class _TopK:
     """The running k largest entries of each row over chunks of columns, unordered, and their
-    column ids (exact; equal values in any order).
+    column ids (exact; equal values in any order, the same for a row in any batch).
 
-    On the CPU the selection is numpy's introselect (argpartition), about 10 times faster than
-    ``torch.topk`` there (measured on (256, 2048) float32 rows); elsewhere ``torch.topk``.
+    The first chunk is selected with ``torch.topk``; after it a chunk is looked at only for the
+    rows whose maximum over it exceeds their current k-th largest value (one cheap max per row
+    and chunk), and only those rows' k values and the chunk are selected from again.
     """
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.values: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None
+        self.floor: torch.Tensor | None = None
 
     def add(self, z: torch.Tensor, start: int) -> None:
         """Merge the columns [start, start + n) of ``z`` (B, n) (not modified)."""
-        columns = _select(z, self.k) + start
-        if self.values is None or self.rows is None:
-            self.values, self.rows = z.gather(1, columns - start), columns
+        n = z.shape[1]
+        if self.values is None or self.rows is None or self.floor is None:
+            values, columns = z.topk(min(self.k, n), dim=1, sorted=False)
+            self.values, self.rows = values, columns + start
+            self.floor = values.amin(1)
             return
-        values = torch.cat([self.values, z.gather(1, columns - start)], 1)
-        rows = torch.cat([self.rows, columns], 1)
-        pick = _select(values, self.k)
-        self.values, self.rows = values.gather(1, pick), rows.gather(1, pick)
-
-
-def _select(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Columns (B, min(k, n)) of the k largest entries of each row of ``values`` (B, n)."""
-    n = values.shape[1]
-    if k >= n:
-        return torch.arange(n, device=values.device).expand(values.shape[0], n)
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.argpartition(values.numpy(), n - k, axis=1)[:, n - k :])
-    return values.topk(k, dim=1, sorted=False)[1]
+        width = self.values.shape[1]
+        if width < self.k:  # fewer than k columns so far: every row takes the chunk
+            active = None
+        else:
+            active = torch.nonzero(z.amax(1) > self.floor)[:, 0]
+            if active.numel() == 0:
+                return
+        held_values = self.values if active is None else self.values[active]
+        held_rows = self.rows if active is None else self.rows[active]
+        new = z if active is None else z[active]
+        columns = torch.arange(start, start + n, device=z.device).expand(new.shape[0], n)
+        values, pick = torch.cat([held_values, new], 1).topk(
+            min(self.k, width + n), 1, sorted=False
+        )
+        rows = torch.cat([held_rows, columns], 1).gather(1, pick)
+        if active is None:
+            self.values, self.rows, self.floor = values, rows, values.amin(1)
+            return
+        self.values[active] = values
+        self.rows[active] = rows
+        self.floor[active] = values.amin(1)
