@@ -17,17 +17,26 @@ term is an elementwise map of G: z = a(h) G c_j + b_j with c_j = |r_j| and b_j =
 euclidean term is served from unit rows (the raw inner product is |r_j| <h, r_j/|r_j|>).
 
 Rows are sorted by label, so class k is one contiguous slice [start_k, stop_k) (``class_slices``)
-and a per-class sum is a plain row reduction over a slice, no scatter. Each slice is reduced with
-its OWN maximum M subtracted, exp(z - M) clamped at e^-87 (a normal float32: out-of-range inputs
-make exp many times slower on the CPU): S_k is exact to n_k e^-87 relative for every class,
-however far below the query's best class it lies, and nothing underflows at any T. Chunks and
-shards are merged with logaddexp.
+and a chunk's per-class sums are segment sums of its logits (one ``numpy.add.reduceat`` call on
+the CPU), no scatter. Per chunk the B x chunk logits of a term are read a few times only:
+
+* a cosine term with 1/T + ln(chunk) <= 87 (``LayerKernel._bounded``): z lies in [-1/T, 1/T],
+  so exp(z) is taken as it is (no maximum, no shift) and summed per segment: one exp pass;
+* any other term: each segment's own maximum M is subtracted, exp(z - M) clamped at e^-87 (a
+  normal float32: out-of-range inputs make exp many times slower on the CPU), so S_k is exact to
+  n_k e^-87 relative for every class however far below the query's best class it lies, and
+  nothing underflows at any T.
+
+Chunks and shards are merged with logaddexp in float64.
 
 A term asked only "at the predicted class" (the neighbor-mass terms when the prediction is known
 before the neighbor search) is evaluated on each predicted class's slice for the queries that
-predict it: B n / C entries instead of B n.
+predict it when there are many queries per class (B n / C entries instead of B n), else over
+every class (fewer, larger operations): both give the same bits.
 
-The k largest z of the first term (the nearest rows) are kept as a running top-k over chunks.
+The k largest z of the first term (the nearest rows) are kept as a running top-k over chunks; a
+chunk is selected from only for the queries whose maximum over it beats their k-th largest so
+far (``_TopK``). The hard count needs only the labels of those k rows.
 """
 
 from __future__ import annotations
@@ -55,6 +64,9 @@ _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 # a GPU this is not guaranteed.
 MIN_GEMM_ROWS = 16
 MIN_GEMM_COLUMNS = 16
+# With known classes, the mass terms are evaluated per class slice (B n / C entries, but a few
+# operations per class and chunk) from this many queries per class on, else over every class.
+PER_CLASS_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -245,28 +257,31 @@ class LayerKernel:
 
         ``score``: term 0, every class, and its ``top`` largest z (top <= n). ``mass``: terms
         1.., summed only over each query's class ``classes`` (B,) when given (other columns stay
-        -inf), else over every class. Without ``score`` (classes required) each class's queries
-        are multiplied with that class's rows only: B n / C products. ``exclude`` (B,) optional
+        -inf), else over every class. Without ``score`` (classes required) each chunk is
+        multiplied with the queries of the classes it holds only (about B (n / C + chunk)
+        products) and the mass terms evaluated on their class slices. ``exclude`` (B,) optional
         row per query left out of every sum (leave-one-out). Terms not computed stay -inf.
         """
         if not score and classes is None:
             raise ValueError("mass terms alone need the classes")
         query = prepared.query
         batch, device = query.shape[0], query.device
-        groups = _groups(classes) if classes is not None else {}
         every_class: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
         at_class: dict[tuple[int, int], list[torch.Tensor]] = {}
         nearest = _TopK(top)
         mass_terms = list(range(1, len(self.terms))) if mass else []
-        modes = [self._exp_mode(t, chunk_size) for t in range(len(self.terms))]
+        bounded = [self._bounded(t, chunk_size) for t in range(len(self.terms))]
+        # known classes: the mass terms over each class's slice for its queries only, or, for
+        # few queries per class, over every class (fewer, larger operations; the same bits)
+        per_class = classes is not None and batch >= PER_CLASS_ROWS * self.num_classes
+        groups = _groups(classes) if classes is not None and (per_class or not score) else {}
 
         def sums_of(
             t: int, z: torch.Tensor, cuts: list[int], rows: torch.Tensor | None, start: int
-        ):
-            guard = exclude is not None
-            if guard:
+        ) -> torch.Tensor:
+            if exclude is not None:
                 _leave_out(z, (exclude if rows is None else exclude[rows]) - start)
-            return _segment_log_sums(z, cuts, modes[t], guard)
+            return _segment_log_sums(z, cuts, bounded[t], exclude is not None)
 
         if score:
             for start, stop, segments in self._chunks(chunk_size):
@@ -274,7 +289,7 @@ class LayerKernel:
                 ks = [k for k, _, _ in segments]
                 cuts = [a - start for _, a, _ in segments]
                 for t in mass_terms:
-                    if classes is None:
+                    if not per_class:
                         z = self._logits(product, prepared, t, None, start, stop)
                         every_class.setdefault(t, []).append((ks, sums_of(t, z, cuts, None, start)))
                         continue
@@ -314,7 +329,12 @@ class LayerKernel:
         # error instead of a float32 ulp of max z (1e-6 at |z| ~ 10), so shards merge exactly
         sums = torch.full(shape, float("-inf"), dtype=torch.float64, device=device)
         for t, parts in every_class.items():
-            sums[t] = _merge_chunks(parts, batch, self.num_classes, device)
+            merged = _merge_chunks(parts, batch, self.num_classes, device)
+            if t == 0 or classes is None:
+                sums[t] = merged
+            else:  # the other classes stay -inf, as on the per-class path
+                at = classes[:, None]
+                sums[t].scatter_(1, at, merged.gather(1, at))
         for (t, k), values in at_class.items():
             sums[t, groups[k], k] = log_add(values)
         if nearest.values is None or nearest.rows is None:
@@ -338,25 +358,17 @@ class LayerKernel:
             self._chunk_cache[chunk_size] = cached  # one atomic store: safe across threads
         return cached
 
-    def _exp_mode(self, t: int, chunk_size: int) -> float | None:
-        """How term t's exponentials stay in the normal float32 range: a fixed shift c
-        (exp(z - c) for every row), or None (each class slice's own maximum subtracted).
+    def _bounded(self, t: int, chunk_size: int) -> bool:
+        """Whether term t's exp(z) stays in the normal float32 range with no shift at all.
 
-        A cosine z lies in [-1/T, 1/T]. With 1/T + ln(chunk) <= 87 no shift is needed (c = 0:
-        every exp(z) >= e^-87 is normal, a slice's sum <= chunk e^(1/T) < e^88 does not
-        overflow); with 2/T <= 86 the shift c = 1/T puts z - c in [-2/T, 0]. Otherwise (and for
-        euclidean z, unbounded below) the slice maxima are needed. A fixed shift saves the
-        maximum and the subtraction: one exp pass over the logits per term.
+        A cosine z lies in [-1/T, 1/T]: with 1/T + ln(chunk) <= 87 every exp(z) >= e^-87 is a
+        normal float32 and a slice's sum <= chunk e^(1/T) < e^88 does not overflow, so the
+        slice maxima (a max and a subtraction per entry) are not needed: one exp pass per term.
+        Otherwise (and for a euclidean z, unbounded below) each slice's maximum is subtracted.
         """
         term = self.terms[t]
-        if term.distance != "cosine":
-            return None
         inverse = 1.0 / term.temperature
-        if inverse + math.log(chunk_size) <= -EXP_FLOOR:
-            return 0.0
-        if 2.0 * inverse <= -EXP_FLOOR - 1.0:
-            return inverse
-        return None
+        return term.distance == "cosine" and inverse + math.log(chunk_size) <= -EXP_FLOOR
 
 
 @dataclass(frozen=True)
@@ -390,27 +402,29 @@ def _groups(classes: torch.Tensor) -> dict[int, torch.Tensor]:
     return dict(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
 
 
-def _segment_log_sums(
-    z: torch.Tensor, cuts: list[int], shift: float | None, guard: bool
-) -> torch.Tensor:
+def _segment_log_sums(z: torch.Tensor, cuts: list[int], bounded: bool, guard: bool) -> torch.Tensor:
     """log sum_{j in segment s} exp(z_ij) (B, S) in float64 of the column segments [cuts_s,
     cuts_s+1) of ``z`` (B, n) (overwritten; the last segment ends at n).
 
-    ``shift``: a fixed c with z - c in the normal float32 exp range (``LayerKernel._exp_mode``),
-    or None: each segment's own row maximum M subtracted and the exponent clamped at -87 (module
-    docstring). The log of the sum and c or M are added in float64. ``guard``: z holds -inf
-    entries (left-out rows, that must count 0, not e^-87), reduced by torch.logsumexp instead.
+    ``bounded``: exp(z) is taken as it is (``LayerKernel._bounded``); otherwise each segment's
+    own row maximum M is subtracted and the exponent clamped at -87 (module docstring), and M
+    added back to the log in float64. ``guard``: z holds -inf entries (left-out rows, that must
+    count 0, not e^-87), reduced by torch.logsumexp instead.
     """
     if guard:
         bounds = [*cuts, z.shape[1]]
         parts = [torch.logsumexp(z[:, a:b], 1) for a, b in itertools.pairwise(bounds)]
         return torch.stack(parts, 1).double()
-    if shift is not None:
-        exp = z.sub_(shift).exp_() if shift else z.exp_()
-        return _segment_sums(exp, cuts).double().log_().add_(shift)
+    if bounded:
+        return _segment_sums(z.exp_(), cuts).double().log_()
     top = _segment_max(z, cuts)
-    lengths = torch.diff(torch.tensor([*cuts, z.shape[1]], device=z.device))
-    spread = top if len(cuts) == 1 else top.repeat_interleave(lengths, dim=1)
+    lengths = [b - a for a, b in itertools.pairwise([*cuts, z.shape[1]])]
+    if len(cuts) == 1:
+        spread = top
+    elif z.device.type == "cpu":
+        spread = torch.from_numpy(np.repeat(top.numpy(), lengths, axis=1))
+    else:
+        spread = top.repeat_interleave(torch.tensor(lengths, device=z.device), dim=1)
     exp = z.sub_(spread).clamp_min_(EXP_FLOOR).exp_()
     return _segment_sums(exp, cuts).double().log_().add_(top)
 
@@ -443,6 +457,8 @@ def _merge_chunks(
 
     A class's chunks are merged by ``log_add`` in chunk order: the parts are stacked (depth =
     the most chunks any class spans, -inf where a class has fewer, which adds exactly 0)."""
+    if len(parts) == 1 and parts[0][0] == list(range(num_classes)):
+        return parts[0][1]  # one chunk holding every class: its sums, in class order
     depth = [0] * num_classes
     layers = []
     for classes, _ in parts:

@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from snnl import Detector
+from snnl.core.kernel import PER_CLASS_ROWS
 from snnl.scoring.scorer import TWO_ROUNDS_PER_CLASS, SoftNeighborScorer
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
@@ -53,6 +54,8 @@ def samples() -> np.ndarray:
 def test_scores_of_a_slice_equal_the_scores_inside_the_whole_batch(
     detector: Detector, samples: np.ndarray, size: int
 ) -> None:
+    # the whole batch evaluates the mass terms per class slice, the parts over every class
+    assert len(samples) >= PER_CLASS_ROWS * len(detector.class_names)
     whole = detector.score(samples, neighbors=3)
     for start in range(0, len(samples) - size + 1, 37):
         part = detector.score(samples[start : start + size], neighbors=3)
