@@ -155,8 +155,7 @@ class LayerKernel:
         self.unit_rows = "cosine" in geometries
         norms = x.norm(dim=1)
         base = x / norms.clamp_min(_NORM_EPS)[:, None] if self.unit_rows else x
-        padding = base.new_zeros(MIN_GEMM_COLUMNS, base.shape[1])
-        self.rows = torch.cat([base, padding]).to(dtype)  # zero rows: see _product
+        self.rows = base.to(dtype).contiguous()
         self.norms = norms if self.unit_rows and "euclidean" in geometries else None
         self.sq_norms = x.pow(2).sum(1) if "euclidean" in geometries else None
 
@@ -208,14 +207,15 @@ class LayerKernel:
         if batch < MIN_GEMM_ROWS:  # a row's z must not depend on its batch: see MIN_GEMM_ROWS
             query = torch.cat([query, query.new_zeros(MIN_GEMM_ROWS - batch, query.shape[1])])
         width = stop - start
-        end = max(stop, start + MIN_GEMM_COLUMNS)  # self.rows ends with zero rows
-        rows = self.rows[start:end].T
+        rows = self.rows[start:stop]
+        if width < MIN_GEMM_COLUMNS:  # a few columns: see MIN_GEMM_COLUMNS
+            rows = torch.cat([rows, rows.new_zeros(MIN_GEMM_COLUMNS - width, rows.shape[1])])
         if not self.unit_rows and self.sq_norms is not None:  # euclidean first term, raw rows
             bias = (self.sq_norms[start:stop] / -self.terms[0].temperature).to(self.dtype)
-            bias = torch.nn.functional.pad(bias, (0, end - stop))
-            product = torch.addmm(bias, query, rows)
+            bias = torch.nn.functional.pad(bias, (0, rows.shape[0] - width))
+            product = torch.addmm(bias, query, rows.T)
         else:
-            product = query @ rows
+            product = query @ rows.T
         return product[:batch, :width].to(self.exact)
 
     def _logits(
