@@ -9,10 +9,11 @@
 #    from https://download.pytorch.org/whl/cu128 when it is reachable). An existing CUDA torch in
 #    .venv-gpu is kept.
 # 2. CUDA-path tests (tests that skip without CUDA), then the scorer benchmark on cuda
-#    (bench.scoring --device cuda) and on the CPU of the same machine, for comparison.
+#    (bench.scoring --device cuda, the full grid) and on the CPU of the same machine (--quick),
+#    for comparison. The machine needs the CUDA wheels from the index (or already installed).
 # 3. Detector on cuda against cpu on the default model: ONNX Runtime provider in use, largest
 #    differences of scores and p-values, and time per batch; float32 and bfloat16 products.
-# 4. The service benchmark with the reference on the GPU (SNNL_DEVICE=cuda), if `hey` is there.
+# 4. The service benchmark with the reference on the GPU (SNNL_DEVICE=cuda), if `wrk` is there.
 #
 # Everything lands in bench/results/gpu/ with the commit and nvidia-smi's description.
 set -euo pipefail
@@ -43,7 +44,8 @@ fi
 
 threads=$(nproc)
 "$py" -m bench.scoring --device cuda --threads "$threads" --out "$out" | tee "$out/scoring-cuda.log"
-"$py" -m bench.scoring --device cpu --threads "$threads" --out "$out" | tee "$out/scoring-cpu.log"
+# the CPU side of the comparison on the small grid: the full one takes minutes of the GPU lease
+"$py" -m bench.scoring --device cpu --quick --threads "$threads" --out "$out" | tee "$out/scoring-cpu.log"
 
 "$py" - <<'EOF' | tee "$out/detector.md"
 """Detector on cuda against cpu: the default model, all digits, float32 and bfloat16 products."""
@@ -76,9 +78,9 @@ for device in ("cpu", "cuda"):
         print(f"| {device} | {dtype} | {det.provider} | {da:.2e} | {dp:.2e} | {ms:.2f} |")
 EOF
 
-if command -v hey >/dev/null && [ -f bench/load.py ]; then
-  SNNL_DEVICE=cuda "$py" bench/load.py --duration 10 | tee "$out/load-cuda.log"
+if command -v wrk >/dev/null; then
+  SNNL_DEVICE=cuda "$py" bench/load.py --configs batching --duration 5 --out "$out/load-cuda.md"
 else
-  echo "hey or bench/load.py missing: service benchmark skipped" | tee "$out/load-cuda.log"
+  echo "wrk missing (apt-get install wrk): service benchmark skipped" | tee "$out/load-cuda.md"
 fi
 echo "results in $out"

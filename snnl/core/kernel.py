@@ -307,10 +307,10 @@ class LayerKernel:
                 every_class.setdefault(0, []).append((ks, sums_of(0, z, cuts, None, start)))
         elif mass_terms:
             # the same chunk grid, and each chunk multiplied whole (the queries of the classes
-            # it holds), so the sums are bit-identical to the ones a score pass gives: MKL
-            # products of >= 16 query rows do not depend on which rows are multiplied together,
-            # but products over a few columns do differ from the same columns of a wider one
-            # (measured)
+            # it holds), so the sums are bit-identical to the ones a score pass gives: products
+            # of at least 16 x 16 do not depend on which rows are multiplied together, but a
+            # narrow class slice multiplied alone can differ from the same columns of a wider
+            # product (measured; MIN_GEMM_ROWS)
             for start, stop, segments in self._chunks(chunk_size):
                 present = [(k, a, b, groups[k]) for k, a, b in segments if k in groups]
                 if not present:
