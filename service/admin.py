@@ -12,10 +12,10 @@ does (``service.app``).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
 from service.errors import Forbidden, Unavailable
-from service.routes import State, require_api_key
+from service.routes import GuardedRouter, State
 from service.schemas import ModelStatus, RepositoryIndex
 
 
@@ -27,9 +27,9 @@ async def require_admin(state: State) -> None:
         )
 
 
-_guards = [Depends(require_api_key), Depends(require_admin)]
-repository = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=_guards)
-admin = APIRouter(prefix="/v1/admin", tags=["repository"], dependencies=_guards)
+_guards = [Depends(require_admin)]
+repository = GuardedRouter(prefix="/v2/repository", tags=["repository"], dependencies=_guards)
+admin = GuardedRouter(prefix="/v1/admin", tags=["repository"], dependencies=_guards)
 
 
 @repository.post("/index", name="repository_index", response_model=list[ModelStatus])

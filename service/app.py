@@ -32,6 +32,7 @@ from service.http import InFlightMiddleware, RequestDecompressionMiddleware
 from service.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
 from service.metrics import ServiceMetrics
 from service.routes import probes, v1
+from service.security import KEY_SCHEMES
 from service.settings import Settings
 from service.state import ServiceState
 from service.v2_routes import v2, v2_probes
@@ -94,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (probes, v1, v2_probes, v2, repository, admin):
         app.include_router(router)
-    install_docs(app, body_models=(InferRequest,))
+    install_docs(app, body_models=(InferRequest,), security_schemes=KEY_SCHEMES)
     # Outermost last: request log + metrics, in-flight gauge, CORS, gzip responses, inflate bodies.
     app.add_middleware(RequestDecompressionMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)

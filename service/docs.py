@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
+from fastapi.security.base import SecurityBase
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -28,8 +30,13 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def install_docs(app: FastAPI, body_models: tuple[type[BaseModel], ...]) -> None:
-    """Serve ``/docs`` and ``/redoc`` from local assets; add ``body_models`` to the schemas.
+def install_docs(
+    app: FastAPI,
+    body_models: tuple[type[BaseModel], ...],
+    security_schemes: tuple[SecurityBase, ...] = (),
+) -> None:
+    """Serve ``/docs`` and ``/redoc`` from local assets; add ``body_models`` to the schemas and
+    ``security_schemes`` to the security schemes (operations name them in their ``security``).
 
     ``app`` must be created with ``docs_url=None, redoc_url=None`` and
     ``generate_unique_id_function=operation_id``.
@@ -67,6 +74,10 @@ def install_docs(app: FastAPI, body_models: tuple[type[BaseModel], ...]) -> None
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 schemas[model.__name__] = body
+            declared = schema["components"].setdefault("securitySchemes", {})
+            for scheme in security_schemes:
+                model = jsonable_encoder(scheme.model, by_alias=True, exclude_none=True)
+                declared[scheme.scheme_name] = model
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

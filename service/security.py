@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastapi import Request
 from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security.base import SecurityBase
 
 from service.errors import MalformedRequest, TooLarge, Unauthorized
 from service.settings import check_key_strength
@@ -100,11 +101,13 @@ def _reason(err: Exception) -> str:
     return str(err)
 
 
-BEARER = HTTPBearer(
-    auto_error=False, scheme_name="bearer", description="Header 'Authorization: Bearer KEY'."
-)
-API_KEY_HEADER = APIKeyHeader(
-    name="X-API-Key", auto_error=False, scheme_name="api_key", description="Header 'X-API-Key'."
+KEY_SCHEMES: tuple[SecurityBase, ...] = (
+    HTTPBearer(
+        auto_error=False, scheme_name="bearer", description="Header 'Authorization: Bearer KEY'."
+    ),
+    APIKeyHeader(
+        name="X-API-Key", auto_error=False, scheme_name="api_key", description="Header 'X-API-Key'."
+    ),
 )
 """The two ways to present a key, as OpenAPI security schemes (either one is enough)."""
 

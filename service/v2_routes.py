@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.disconnect import unless_disconnected
 from service.errors import InvalidInput, MalformedRequest, UnknownModel
 from service.payload import npy_batch
-from service.routes import State, require_api_key
+from service.routes import GuardedRouter, State
 from service.security import read_body
 from service.state import ServedModel
 from service.v2_tensors import (
@@ -63,9 +63,7 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 v2_probes = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-v2 = APIRouter(
-    prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_api_key)]
-)
+v2 = GuardedRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 
 @v2_probes.get("/health/live", name="v2_live", summary="Server live")
