@@ -308,10 +308,15 @@ def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
 
 
 def query(prometheus: str, promql: str) -> list[dict[str, object]]:
+    """The result of an instant query; [] while Prometheus is not up or not ready yet (it
+    answers 503 in plain text while it starts)."""
     try:
-        body = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}).json()
+        response = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql})
     except httpx.TransportError:
         return []
+    if response.status_code != 200:
+        return []
+    body = response.json()
     return body["data"]["result"] if body.get("status") == "success" else []
 
 
