@@ -65,8 +65,7 @@ State = Annotated[ServiceState, Depends(get_state)]
 async def require_api_key(request: Request) -> None:
     """401 unless the request carries a configured API key (no keys configured: open); the
     check is ``check_api_key``'s constant-time comparison."""
-    state: ServiceState = request.app.state.service
-    check_api_key(request, state.api_keys)
+    check_api_key(request, (await get_state(request)).api_keys)
 
 
 KEY_REQUIRED: list[dict[str, list[str]]] = [{scheme.scheme_name: []} for scheme in KEY_SCHEMES]

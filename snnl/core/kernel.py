@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -412,42 +412,47 @@ def _segment_log_sums(z: torch.Tensor, cuts: list[int], bounded: bool, guard: bo
     count 0, not e^-87), reduced by torch.logsumexp instead.
     """
     if guard:
-        bounds = [*cuts, z.shape[1]]
-        parts = [torch.logsumexp(z[:, a:b], 1) for a, b in itertools.pairwise(bounds)]
-        return torch.stack(parts, 1).double()
+        return _segment_reduce(z, cuts, None, lambda part: torch.logsumexp(part, 1)).double()
     if bounded:
-        return _segment_sums(z.exp_(), cuts).double().log_()
-    top = _segment_max(z, cuts)
-    lengths = [b - a for a, b in itertools.pairwise([*cuts, z.shape[1]])]
+        return _segment_reduce(z.exp_(), cuts, np.add, _row_sum).double().log_()
+    top = _segment_reduce(z, cuts, np.maximum, _row_max)
     if len(cuts) == 1:
         spread = top
-    elif z.device.type == "cpu":
-        spread = torch.from_numpy(np.repeat(top.numpy(), lengths, axis=1))
     else:
+        lengths = [b - a for a, b in _segment_bounds(cuts, z.shape[1])]
         spread = top.repeat_interleave(torch.tensor(lengths, device=z.device), dim=1)
     exp = z.sub_(spread).clamp_min_(EXP_FLOOR).exp_()
-    return _segment_sums(exp, cuts).double().log_().add_(top)
+    return _segment_reduce(exp, cuts, np.add, _row_sum).double().log_().add_(top)
 
 
-def _segment_sums(x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
-    """Row sums (B, S) of the column segments of ``x`` (B, n) starting at ``cuts``.
-
-    On the CPU one ``numpy.add.reduceat`` call for all segments, also for one: a segment's sum
-    is the same bits whether it is reduced alone or among others, and whatever the other rows
-    of the batch (measured), so one-round and two-round mass terms agree. On other devices one
-    sum per segment."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.add.reduceat(x.numpy(), cuts, axis=1))
-    bounds = [*cuts, x.shape[1]]
-    return torch.stack([x[:, a:b].sum(1) for a, b in itertools.pairwise(bounds)], 1)
+def _segment_bounds(cuts: list[int], n: int) -> list[tuple[int, int]]:
+    """[a, b) of each column segment starting at ``cuts``, the last ending at ``n``."""
+    return list(itertools.pairwise([*cuts, n]))
 
 
-def _segment_max(x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
-    """Row maxima (B, S) of the column segments of ``x`` (B, n) starting at ``cuts``."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.maximum.reduceat(x.numpy(), cuts, axis=1))
-    bounds = [*cuts, x.shape[1]]
-    return torch.stack([x[:, a:b].amax(1) for a, b in itertools.pairwise(bounds)], 1)
+def _row_sum(part: torch.Tensor) -> torch.Tensor:
+    return part.sum(1)
+
+
+def _row_max(part: torch.Tensor) -> torch.Tensor:
+    return part.amax(1)
+
+
+def _segment_reduce(
+    x: torch.Tensor,
+    cuts: list[int],
+    ufunc: np.ufunc | None,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """A row reduction (B, S) of each column segment of ``x`` (B, n) starting at ``cuts``.
+
+    On the CPU, with a ``ufunc``, one ``ufunc.reduceat`` call for all segments, also for one: a
+    segment's sum is the same bits whether it is reduced alone or among others, and whatever the
+    other rows of the batch (measured), so one-round and two-round mass terms agree. Otherwise
+    ``reduce`` (B, b - a) -> (B,) on each segment."""
+    if ufunc is not None and x.device.type == "cpu":
+        return torch.from_numpy(ufunc.reduceat(x.numpy(), cuts, axis=1))
+    return torch.stack([reduce(x[:, a:b]) for a, b in _segment_bounds(cuts, x.shape[1])], 1)
 
 
 def _merge_chunks(
