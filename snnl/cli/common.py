@@ -64,6 +64,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return f"{text} (default: %(default)s)"
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Wraps each paragraph; keeps a paragraph that starts indented (examples) line by line."""
+        fill = super()._fill_text
+        return "\n\n".join(
+            part if part.startswith(" ") else fill(part, width, indent)
+            for part in text.split("\n\n")
+        )
+
 
 def comma_list(text: str) -> list[str]:
     """argparse type: "a,b, c" -> ["a", "b", "c"]; at least one name."""

@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "score",
         help="score an .npz of samples (or embeddings) against a model; JSON lines out",
-        description=__doc__.split("\n\n", 1)[1].strip(),
+        description=__doc__.split("\n\n", 2)[2].strip(),
+        epilog="examples:\n\n" + __doc__.split("\n\n", 2)[1],  # indented: kept as is
     )
     parser.add_argument(
         "data", type=Path, metavar="FILE.npz", help="x (N, *input_shape), or embeddings"

@@ -96,3 +96,15 @@ def test_reference_dtypes_mirror_the_library() -> None:
     from snnl.model.reference import _STORAGE
 
     assert set(common.REFERENCE_DTYPES) == set(_STORAGE)
+
+
+def test_score_help_shows_its_examples_one_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The examples are a block of their own after the options, not wrapped into the prose."""
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = capsys.readouterr().out
+    examples = text.split("\nexamples:\n", 1)[1].splitlines()
+    assert "    snnl score --repository models --model digits-mlp FILE.npz [--out FILE.jsonl]" in (
+        examples
+    )
+    assert text.split("\n\n")[1].startswith("FILE.npz holds x")  # the prose after the usage
