@@ -4,10 +4,13 @@ The blocks run in order in a scratch copy of the repository (its tracked files, 
 this checkout's ``.venv``), so the tour never writes into the tracked ``models/``. Blocks that
 start a server (``scripts/run``, ``snnl serve``) run in the background until it answers
 ``/readyz``; the ``curl`` blocks after them run against it, and it is stopped before the next
-server block and at the end. Two things differ from a user's terminal: ``SNNL_PORT`` is set to
-a free port, and ``localhost:8000`` in the blocks is rewritten to it. ``scripts/test`` is the one
-block not run: it runs this test. Blocks that are not meant to run (output, data, configuration,
-commands that need a Docker engine or a cluster) are fenced ``text``, ``json`` or ``yaml``.
+server block and at the end (a user keeps both running: the README's second server uses another
+port). Two things differ from a user's terminal: ``SNNL_PORT`` is set to a free port, to which
+``localhost:8000`` in the blocks is rewritten, and every other port the blocks name
+(``localhost:PORT``, ``--port PORT``) is rewritten to a free port of its own. ``scripts/test``
+is the one block not run: it runs this test. Blocks that are not meant to run (output, data,
+configuration, commands that need a Docker engine or a cluster) are fenced ``text``, ``json`` or
+``yaml``.
 """
 
 from __future__ import annotations
@@ -93,17 +96,41 @@ def _scratch_copy(target: Path) -> Path:
 
 def _install_is_current() -> bool:
     """Whether scripts/setup would skip the install (so nothing is installed from the copy)."""
-    check = subprocess.run(["bash", "scripts/setup", "--check"], cwd=ROOT, check=False)
+    check = subprocess.run(["bash", "scripts/setup", "--check", "all"], cwd=ROOT, check=False)
     return check.returncode == 0
+
+
+PORT = re.compile(r"(?<=localhost:)\d{4,5}\b|(?<=--port )\d{4,5}\b")
+
+
+class Ports:
+    """The README's ports mapped to free ones: 8000 to ``SNNL_PORT``, any other to its own."""
+
+    def __init__(self, default: int):
+        self.default = default
+        self.mapped = {"8000": default}
+
+    def rewrite(self, code: str) -> str:
+        return PORT.sub(lambda match: str(self.of(match.group())), code)
+
+    def of(self, port: str) -> int:
+        if port not in self.mapped:
+            self.mapped[port] = _free_port()
+        return self.mapped[port]
+
+    def served_by(self, block: Block) -> int:
+        """The port a server block listens on: its ``--port``, else ``SNNL_PORT``."""
+        named = re.search(r"--port (\d{4,5})\b", block.code)
+        return self.of(named.group(1)) if named else self.default
 
 
 class Server:
     """A server block running in the background, in its own process group."""
 
-    def __init__(self, block: Block, cwd: Path, env: dict[str, str], port: int, log: Path):
-        self.block, self.port, self.log = block, port, log
+    def __init__(self, block: Block, cwd: Path, env: dict[str, str], ports: Ports, log: Path):
+        self.block, self.port, self.log = block, ports.served_by(block), log
         self.process = subprocess.Popen(
-            ["bash", "-c", block.code],
+            ["bash", "-c", ports.rewrite(block.code)],
             cwd=cwd,
             env=env,
             stdout=log.open("wb"),
@@ -141,6 +168,7 @@ def test_readme_blocks_run_as_written(tmp_path: Path) -> None:
         pytest.fail("the .venv install is not current (scripts/setup --check): run scripts/setup")
     repo = _scratch_copy(tmp_path / "repo")
     port = _free_port()
+    ports = Ports(port)
     env = dict(os.environ, SNNL_PORT=str(port))
     env["PATH"] = f"{repo / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env.pop("VIRTUAL_ENV", None)
@@ -156,14 +184,13 @@ def test_readme_blocks_run_as_written(tmp_path: Path) -> None:
             if block.starts_server:
                 if server is not None:
                     server.stop()
-                server = Server(block, repo, env, port, tmp_path / f"server-{block.line}.log")
+                server = Server(block, repo, env, ports, tmp_path / f"server-{block.line}.log")
                 server.wait_ready()
                 continue
             if block.language == "python":
                 argv = [str(repo / ".venv" / "bin" / "python"), "-c", block.code]
             else:
-                code = block.code.replace("localhost:8000", f"localhost:{port}")
-                argv = ["bash", "-euo", "pipefail", "-c", code]
+                argv = ["bash", "-euo", "pipefail", "-c", ports.rewrite(block.code)]
             done = subprocess.run(
                 argv, cwd=repo, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S
             )
@@ -177,4 +204,9 @@ def test_readme_blocks_run_as_written(tmp_path: Path) -> None:
         if server is not None:
             server.stop()
     assert len(skipped) == 1, "only the scripts/test block may be left out"
-    assert (repo / "models" / "digits-0to4" / "manifest.json").is_file()  # the tour's model
+    assert (repo / "runs" / "tour" / "models" / "digits-0to4" / "manifest.json").is_file()
+    tracked_models = {path.parent for path in (ROOT / "models").glob("*/manifest.json")}
+    copied_models = {path.parent for path in (repo / "models").glob("*/manifest.json")}
+    assert {m.name for m in copied_models} == {m.name for m in tracked_models}, (
+        "the README wrote a model into the committed models/ folder"
+    )
