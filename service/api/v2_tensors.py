@@ -22,9 +22,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import MalformedRequest
-from service.payload import parse_json_object
-from service.schemas import ScoreRequest
+from service.api.decode import parse_json_object
+from service.api.schemas import ScoreRequest
+from service.http.errors import MalformedRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 
