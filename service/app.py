@@ -22,7 +22,6 @@ from types import FrameType
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.gzip import GZipMiddleware
 from prometheus_client import disable_created_metrics
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,6 +35,7 @@ from service.api.v2_tensors import InferRequest
 from service.dataplane import DataPlane
 from service.http.direct import DirectRoutes
 from service.http.errors import install_error_handlers
+from service.http.gzip import GZipMiddleware
 from service.http.limits import RequestDecompressionMiddleware
 from service.http.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
 from service.http.metrics import ServiceMetrics
