@@ -34,11 +34,11 @@ from service.settings import Settings
 PATH = "/v1/models/digits-mlp/score"
 
 
-async def request(app: Any, body: bytes) -> None:
-    """One POST of ``body`` through the ASGI app; asserts a 200."""
+async def request(app: Any, body: bytes, *, path: str = PATH, method: str = "POST") -> int:
+    """One request of ``body`` through the ASGI app; its status code."""
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": PATH, "raw_path": PATH.encode(), "query_string": b"",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
         "headers": [(b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode())],
@@ -60,7 +60,7 @@ async def request(app: Any, body: bytes) -> None:
             status.append(message["status"])
 
     await app(scope, receive, send)
-    assert status == [200], status
+    return status[0]
 
 
 async def measure(concurrency: int, total: int) -> dict[str, float]:
@@ -68,13 +68,14 @@ async def measure(concurrency: int, total: int) -> dict[str, float]:
     body = json.dumps({"inputs": load_digits().data[:1].tolist()}).encode()
     app = create_app(Settings(log_level="WARNING"))
     async with app.router.lifespan_context(app):
-        while not app.state.service.ready:
+        while await request(app, b"", path="/readyz", method="GET") != 200:
             await asyncio.sleep(0.05)
         limit = asyncio.Semaphore(concurrency)
 
         async def bounded() -> None:
             async with limit:
-                await request(app, body)
+                status = await request(app, body)
+                assert status == 200, status
 
         await asyncio.gather(*(bounded() for _ in range(min(total, 500))))  # warm-up
         wall, loop, process = time.perf_counter(), time.thread_time(), time.process_time()

@@ -22,21 +22,26 @@ from types import FrameType
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.gzip import GZipMiddleware
 from prometheus_client import disable_created_metrics
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.admin import admin, repository
-from service.docs import install_docs, operation_id
-from service.errors import install_error_handlers
-from service.http import InFlightMiddleware, RequestDecompressionMiddleware
-from service.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
-from service.metrics import ServiceMetrics
-from service.routes import probes, v1
-from service.security import KEY_SCHEMES
+from service.api.admin import admin, repository
+from service.api.docs import install_docs, operation_id
+from service.api.probes import probes
+from service.api.routing import require_api_key
+from service.api.v1 import v1
+from service.api.v2 import v2, v2_probes
+from service.api.v2_tensors import InferRequest
+from service.dataplane import DataPlane
+from service.http.direct import DirectRoutes
+from service.http.errors import install_error_handlers
+from service.http.gzip import GZipMiddleware
+from service.http.limits import RequestDecompressionMiddleware
+from service.http.logging import RequestLogMiddleware, configure_logging, uvicorn_log_config
+from service.http.metrics import ServiceMetrics
+from service.http.security import KEY_SCHEMES
+from service.runtime.models import ServiceState
 from service.settings import Settings
-from service.state import ServiceState
-from service.v2_routes import v2, v2_probes
-from service.v2_tensors import InferRequest
 from snnl import __version__
 
 DESCRIPTION = """\
@@ -76,12 +81,63 @@ def _configure_process(settings: Settings) -> None:
     disable_created_metrics()
 
 
-def create_app(settings: Settings) -> FastAPI:
+class ServiceApp(FastAPI):
+    """The FastAPI app behind the service's own ASGI layers.
+
+    An HTTP request passes ``outer`` first (``service_layers``: request log and metrics, CORS,
+    gzip, inflating bodies, the direct score routes); what those do not answer goes on to FastAPI
+    (its own middleware, routing and dependencies). FastAPI's per-request layers (error and
+    telemetry middleware, body limit, exit stacks, nested router matching) are thus spent on
+    every route but the score operations (docs/performance.md). Lifespan events go straight to
+    FastAPI.
+    """
+
+    outer: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.outer is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.outer(scope, receive, send)
+
+    async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request handled by FastAPI (the innermost of ``outer``)."""
+        await super().__call__(scope, receive, send)
+
+
+def service_layers(
+    app: ServiceApp, settings: Settings, state: ServiceState, metrics: ServiceMetrics
+) -> ASGIApp:
+    """The ASGI layers in front of FastAPI, outermost first: request log, metrics and in-flight
+    gauge; CORS (when configured); gzip responses; inflate bodies; the direct routes."""
+    inner: ASGIApp = DirectRoutes(
+        app.fastapi, routes=[*v1.direct_routes, *v2.direct_routes], guard=require_api_key
+    )
+    inner = RequestDecompressionMiddleware(inner, limit=settings.max_request_bytes)
+    inner = GZipMiddleware(inner, minimum_size=settings.gzip_min_bytes)
+    if settings.cors_origins:
+        inner = CORSMiddleware(
+            inner,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding"],
+            expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
+        )
+    return RequestLogMiddleware(
+        inner,
+        observe=metrics.observe_request,
+        known_model=state.entries.__contains__,
+        in_flight=metrics.requests_in_flight,
+    )
+
+
+def create_app(settings: Settings) -> ServiceApp:
     """A FastAPI app serving ``settings.model_repository``; models load when it starts."""
     configure_logging(settings.log_level)
     metrics = ServiceMetrics()
     state = ServiceState(settings, metrics)
-    app = FastAPI(
+    app = ServiceApp(
         title="snnl",
         version=__version__,
         description=DESCRIPTION,
@@ -92,25 +148,12 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.service = state
+    app.state.dataplane = DataPlane(state)
     install_error_handlers(app)
     for router in (probes, v1, v2_probes, v2, repository, admin):
         app.include_router(router)
     install_docs(app, body_models=(InferRequest,), security_schemes=KEY_SCHEMES)
-    # Outermost last: request log + metrics, in-flight gauge, CORS, gzip responses, inflate bodies.
-    app.add_middleware(RequestDecompressionMiddleware, limit=settings.max_request_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding"],
-            expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After"],
-        )
-    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight)
-    app.add_middleware(
-        RequestLogMiddleware, observe=metrics.observe_request, known_model=state.knows
-    )
+    app.outer = service_layers(app, settings, state, metrics)
     return app
 
 

@@ -12,31 +12,42 @@ import socket
 
 from snnl.errors import InputError
 
-# (setting, flag, help); the setting's environment variable is SNNL_<SETTING>.
-FLAGS: tuple[tuple[str, str, str], ...] = (
-    ("model_repository", "--repository", "model repository folder (default ./models)"),
-    ("host", "--host", "address to bind (default 127.0.0.1)"),
-    ("port", "--port", "port to bind (default 8000)"),
-    ("device", "--device", "auto | cpu | cuda (default auto)"),
-    ("max_batch_size", "--max-batch-size", "most samples per scoring call (default 128)"),
-    ("max_batch_wait_ms", "--max-batch-wait-ms", "longest wait to fill a batch, ms (default 2)"),
-    ("max_queue", "--max-queue", "most samples waiting per model (default 4096)"),
-    ("max_request_bytes", "--max-request-bytes", "largest request body (default 16 MiB)"),
-    ("request_timeout_s", "--request-timeout-s", "longest wait for a result, s (default 30)"),
-    ("api_keys", "--api-keys", "comma-separated API keys (prefer the environment variable)"),
-    ("api_keys_file", "--api-keys-file", "file of API keys, one a line; re-read on change/SIGHUP"),
-    ("shutdown_drain_s", "--shutdown-drain-s", "on SIGTERM, serve with /readyz 503 this long (5)"),
-    ("shutdown_grace_s", "--shutdown-grace-s", "then let accepted requests finish this long (20)"),
-    ("repository_poll_s", "--repository-poll-s", "reload changed models every N s (0: off)"),
-    ("log_level", "--log-level", "DEBUG | INFO | WARNING | ERROR (default INFO)"),
-    ("scoring_threads", "--scoring-threads", "intra-op threads per model's scorer (default 1)"),
-    ("warmup_iterations", "--warmup-iterations", "warm-up scoring calls per model (default 2)"),
-    ("gzip_min_bytes", "--gzip-min-bytes", "gzip responses from this size, bytes (default 1024)"),
-    ("cors_origins", "--cors-origins", "comma-separated CORS origins (default: none, CORS off)"),
-    ("compute_dtype", "--compute-dtype", "float32 | bfloat16 | float16 (default float32)"),
-    ("shards", "--shards", "reference shards per model on Ray actors (default 0: none)"),
-    ("ray_address", "--ray-address", "Ray cluster of the shards (default: a local one)"),
+# (setting, flag, metavar, help); the setting's environment variable is SNNL_<SETTING>, its
+# default is the one of service.settings.Settings.
+FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    ("model_repository", "--repository", "DIR", "model repository folder"),
+    ("host", "--host", "HOST", "address to bind"),
+    ("port", "--port", "PORT", "port to bind (0: any free port)"),
+    ("device", "--device", "{auto,cpu,cuda}", "where models run; auto picks cuda when present"),
+    ("max_batch_size", "--max-batch-size", "N", "most samples per scoring call"),
+    ("max_batch_wait_ms", "--max-batch-wait-ms", "MS", "longest wait to fill a batch"),
+    ("max_queue", "--max-queue", "N", "most samples waiting per model"),
+    ("max_request_bytes", "--max-request-bytes", "BYTES", "largest request body"),
+    ("request_timeout_s", "--request-timeout-s", "S", "longest wait for a result"),
+    ("api_keys", "--api-keys", "K1,K2", "API keys (prefer the environment variable)"),
+    ("api_keys_file", "--api-keys-file", "FILE", "API keys, one a line; re-read on change/SIGHUP"),
+    ("shutdown_drain_s", "--shutdown-drain-s", "S", "on SIGTERM, serve with /readyz 503 this long"),
+    ("shutdown_grace_s", "--shutdown-grace-s", "S", "then let accepted requests finish this long"),
+    ("repository_poll_s", "--repository-poll-s", "S", "reload changed models every S s (0: off)"),
+    ("log_level", "--log-level", "{DEBUG,INFO,WARNING,ERROR}", "level of the JSON log lines"),
+    ("scoring_threads", "--scoring-threads", "N", "intra-op threads per model's scorer"),
+    ("warmup_iterations", "--warmup-iterations", "N", "warm-up scoring calls per model"),
+    ("gzip_min_bytes", "--gzip-min-bytes", "BYTES", "gzip responses from this size"),
+    ("cors_origins", "--cors-origins", "O1,O2", "CORS origins ('*': any; none: CORS off)"),
+    ("compute_dtype", "--compute-dtype", "{float32,bfloat16,float16}", "dtype of the products"),
+    ("shards", "--shards", "N", "reference shards per model on Ray actors (0: none)"),
+    ("ray_address", "--ray-address", "ADDR", "Ray cluster of the shards (none: a local one)"),
 )
+
+
+def _default(setting: str) -> str:
+    """The default of ``setting`` as the help shows it."""
+    from service.settings import Settings
+
+    value = Settings.model_fields[setting].default
+    if value is None or value == ():
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +57,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="serve a model repository over HTTP",
         description="Serve every model of a repository over HTTP (FastAPI + uvicorn, dynamic "
         "batching, Prometheus metrics at /metrics). Each flag defaults to its SNNL_* "
-        "environment variable.",
+        "environment variable, then to the default shown.",
     )
-    for setting, flag, text in FLAGS:
-        parser.add_argument(flag, dest=setting, default=None, metavar="VALUE",
-                            help=f"{text} [SNNL_{setting.upper()}]")  # fmt: skip
+    for setting, flag, metavar, text in FLAGS:
+        parser.add_argument(
+            flag,
+            dest=setting,
+            default=None,
+            metavar=metavar,
+            help=f"{text} (default: {_default(setting)}) [SNNL_{setting.upper()}]",
+        )
     parser.set_defaults(run=run)
 
 
@@ -61,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from service import Settings
     from service import run as serve
 
-    overrides = {setting: getattr(args, setting) for setting, _, _ in FLAGS}
+    overrides = {setting: getattr(args, setting) for setting, *_ in FLAGS}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
         setting = str(first["loc"][0]) if first["loc"] else "settings"
-        flag = dict((s, f) for s, f, _ in FLAGS).get(setting, "")
+        flag = {s: f for s, f, *_ in FLAGS}.get(setting, "")
         where = f" ({flag} / SNNL_{setting.upper()})" if flag else ""
         raise InputError(f"setting {setting}{where}: {first['msg']}") from err
     _check_bindable(settings.host, settings.port)

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.errors import TooLarge, Unavailable
-from service.metrics import ServiceMetrics
-from service.worker import BatchError
+from service.http.errors import TooLarge, Unavailable
+from service.http.metrics import ServiceMetrics
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.runner import BatchError
 from snnl.scoring.results import ScoreResult
 
 LAYERS = ("h",)
@@ -75,10 +75,12 @@ def samples(first: int, n: int) -> np.ndarray:
 def run_with(
     score: Callable[[Any, float | None, int], ScoreResult],
     body: Callable[[DynamicBatcher[ScoreResult]], Awaitable[Any]],
+    metrics: ServiceMetrics | None = None,
     **options: Any,
 ) -> tuple[Any, ServiceMetrics]:
-    """Run ``body(batcher)`` on a started batcher over ``score``, then stop it."""
-    metrics = ServiceMetrics()
+    """Run ``body(batcher)`` on a started batcher over ``score`` (its metrics on ``metrics``),
+    then stop it."""
+    metrics = ServiceMetrics() if metrics is None else metrics
     settings: dict[str, Any] = {
         "max_batch_size": 8, "max_wait_s": 0.05, "max_queue": 64, "timeout_s": 10.0,
     }  # fmt: skip
@@ -226,13 +228,14 @@ def test_a_wrong_number_of_result_rows_fails_every_request() -> None:
 def test_a_full_queue_answers_503_with_retry_after_and_counts_its_depth() -> None:
     recorder = Recorder()
     recorder.release.clear()
+    metrics = ServiceMetrics()
 
     async def body(batcher: DynamicBatcher[ScoreResult]) -> dict[str, Any]:
         running = asyncio.ensure_future(batcher.submit(samples(0, 4)))  # occupies the worker
         await asyncio.to_thread(recorder.entered.wait, 5)
         waiting = asyncio.ensure_future(batcher.submit(samples(4, 6)))  # queued: 6 of 8
         await asyncio.sleep(0.05)
-        depth = batcher.queued_samples
+        depth = metric(metrics, "snnl_queue_depth")
         with pytest.raises(Unavailable) as full:
             await batcher.submit(samples(10, 3))
         fits = asyncio.ensure_future(batcher.submit(samples(13, 2)))  # exactly fills the queue
@@ -241,8 +244,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_counts_its_depth() -> Non
         done = await asyncio.gather(running, waiting, fits)
         return {"depth": depth, "error": full.value, "done": done}
 
-    out, metrics = run_with(
-        recorder, body, max_batch_size=4, max_wait_s=0.0, max_queue=8, timeout_s=5.0
+    out, _ = run_with(
+        recorder, body, metrics, max_batch_size=4, max_wait_s=0.0, max_queue=8, timeout_s=5.0
     )
     assert out["depth"] == 6
     assert out["error"].status == 503
@@ -265,22 +268,23 @@ def test_a_request_larger_than_the_queue_is_413() -> None:
 def test_a_timed_out_request_is_503_and_leaves_the_queue() -> None:
     recorder = Recorder()
     recorder.release.clear()
+    metrics = ServiceMetrics()
 
-    async def body(batcher: DynamicBatcher[ScoreResult]) -> int:
+    async def body(batcher: DynamicBatcher[ScoreResult]) -> float:
         blocker = asyncio.ensure_future(batcher.submit(samples(0, 1)))
         await asyncio.to_thread(recorder.entered.wait, 5)
         with pytest.raises(Unavailable) as err:
             await batcher.submit(samples(1, 5))  # waits behind the blocked worker
         assert "no result within 0.2 s" in err.value.detail
         await asyncio.sleep(0)
-        left = batcher.queued_samples
+        left = metric(metrics, "snnl_queue_depth")
         recorder.release.set()
         (blocked,) = await asyncio.gather(blocker, return_exceptions=True)
         assert isinstance(blocked, Unavailable)  # it timed out too, while being scored
         assert_rows(await batcher.submit(samples(6, 1)), samples(6, 1))  # the worker lives on
         return left
 
-    left, metrics = run_with(recorder, body, max_batch_size=2, max_wait_s=0.0, timeout_s=0.2)
+    left, _ = run_with(recorder, body, metrics, max_batch_size=2, max_wait_s=0.0, timeout_s=0.2)
     assert left == 0
     assert metric(metrics, "snnl_queue_depth") == 0
     assert recorder.calls == [(1, None, 0), (1, None, 0)]  # the timed-out 5 were never scored

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from service.examples import (
+from service.api.examples import (
     EVALUATE_REQUEST,
     EVALUATE_RESPONSE,
     SCORE_REQUEST,
     SCORE_RESPONSE,
 )
-from service.schemas import EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse
+from service.api.schemas import EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 

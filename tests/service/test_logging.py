@@ -11,7 +11,7 @@ import httpx
 from _server import API_KEY, HEADERS, Server
 from starlette.types import Receive, Scope, Send
 
-from service.logging import JsonFormatter, RequestLogMiddleware
+from service.http.logging import JsonFormatter, RequestLogMiddleware
 
 SCORE = "/v1/models/digits-mlp/score"
 

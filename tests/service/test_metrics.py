@@ -10,7 +10,7 @@ from _server import HEADERS, Server
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from service.metrics import ServiceMetrics, observe_many
+from service.http.metrics import ServiceMetrics, observe_many
 from snnl import __version__
 from snnl.model.detector import Detector
 

@@ -13,8 +13,8 @@ import pytest
 from _server import HEADERS, Server, blob_embeddings
 from sklearn.datasets import load_digits
 
-from service.routes import json_response
-from service.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
+from service.api.routing import json_response
+from service.api.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 

@@ -90,8 +90,8 @@ def test_unsafe_values_are_refused(values: dict[str, object], message: str) -> N
 
 
 def test_every_setting_has_its_flag_and_variable() -> None:
-    assert sorted(setting for setting, _, _ in FLAGS) == sorted(Settings.model_fields)
-    for setting, flag, _ in FLAGS:
+    assert sorted(setting for setting, *_ in FLAGS) == sorted(Settings.model_fields)
+    for setting, flag, *_ in FLAGS:
         assert flag == setting_flag(setting)
     assert setting_flag("model_repository") == "--repository"
     assert setting_env("max_queue") == "SNNL_MAX_QUEUE"

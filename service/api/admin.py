@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from fastapi import Depends
 
-from service.errors import Forbidden, Unavailable
-from service.routes import GuardedRouter, State
-from service.schemas import ModelStatus, RepositoryIndex
+from service.api.routing import GuardedRouter, State
+from service.api.schemas import ModelStatus, RepositoryIndex
+from service.http.errors import Forbidden, Unavailable
 
 
 async def require_admin(state: State) -> None:

@@ -15,25 +15,28 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.disconnect import unless_disconnected
-from service.errors import InvalidInput, MalformedRequest, UnknownModel
-from service.payload import npy_batch
-from service.routes import GuardedRouter, State
-from service.security import read_body
-from service.state import ServedModel
-from service.v2_tensors import (
+from service.api.routing import (
+    ERROR_TEXTS,
+    NOT_READY,
+    GuardedRouter,
+    State,
+    error_examples,
+    get_dataplane,
+)
+from service.api.v2_tensors import (
     HEADER_LENGTH,
     InferRequest,
     InferResponse,
     decode_request,
     encode_response,
 )
+from service.dataplane import SAMPLES_TENSOR, Given
+from service.http.errors import MalformedRequest, UnknownModel
+from service.http.limits import read_body
+from service.runtime.models import ServedModel
 from snnl import __version__
-from snnl.scoring.batch import Samples, num_rows
 from snnl.scoring.results import ScoreResult
-from snnl.scoring.validation import check_embeddings, check_neighbors
 
-SAMPLES_INPUT = "inputs"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 
 OUTPUTS: tuple[tuple[str, str, str], ...] = (
@@ -50,17 +53,10 @@ OUTPUTS: tuple[tuple[str, str, str], ...] = (
 """(name, datatype, dims) of each output; B samples, L served layers, k = ``neighbors``."""
 _DTYPES = {"INT64": np.int64, "FP64": np.float64, "BOOL": np.bool_}
 
-V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "content": {"application/json": {"example": {"error": text}}}}
-    for status, text in [
-        (400, "inputs.inputs.datatype: expected one of BOOL, ..., FP64, got 'BYTES'"),
-        (401, "API key not accepted (header 'Authorization' or 'X-API-Key')"),
-        (404, "model 'x': not in the repository (models: digits-mlp)"),
-        (413, "body: more than the limit of 16777216 bytes"),
-        (422, "inputs: expected shape (B, 64), got (1, 63)"),
-        (503, "model digits-mlp: overloaded, 4096 of 4096 queued samples (SNNL_MAX_QUEUE); retry"),
-    ]
-}
+V2_ERRORS = error_examples(
+    "error",
+    [(400, "inputs.inputs.datatype: expected one of BOOL, ..., FP64, got 'BYTES'"), *ERROR_TEXTS],
+)
 
 v2_probes = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 v2 = GuardedRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -73,7 +69,10 @@ async def server_live() -> dict[str, bool]:
 
 
 @v2_probes.get(
-    "/health/ready", name="v2_ready", summary="Server ready", responses={503: V2_ERRORS[503]}
+    "/health/ready",
+    name="v2_ready",
+    summary="Server ready",
+    responses=error_examples("error", [(503, NOT_READY)]),
 )
 async def server_ready(state: State) -> dict[str, bool]:
     """200 once every model is loaded and warmed up and can score now (as ``/readyz``), else 503."""
@@ -95,7 +94,7 @@ async def model_metadata(model: str, state: State) -> dict[str, Any]:
     layers = len(served.info.layers)
     sizes = {"B": -1, "L": layers, "k": -1}
     if served.spec.input_shape is not None:
-        inputs = [_tensor(SAMPLES_INPUT, "FP32", [-1, *served.spec.input_shape])]
+        inputs = [_tensor(SAMPLES_TENSOR, "FP32", [-1, *served.spec.input_shape])]
     else:
         inputs = [_tensor(name, "FP32", [-1, dim]) for name, dim in served.spec.layer_dims.items()]
     return {
@@ -118,7 +117,7 @@ async def model_ready(model: str, state: State) -> dict[str, Any]:
     return {"name": model, "ready": True}
 
 
-@v2.post(
+@v2.direct(
     "/models/{model}/infer",
     name="v2_infer",
     summary="Infer",
@@ -134,28 +133,30 @@ async def model_ready(model: str, state: State) -> dict[str, Any]:
         }
     },
 )
-async def infer(model: str, request: Request, state: State) -> Response:
+async def infer(model: str, request: Request) -> Response:
     """Score a batch given as v2 tensors; JSON or the binary tensor data extension.
 
     Binary: the header ``Inference-Header-Content-Length`` gives the JSON part's length; inputs
     with ``parameters.binary_data_size`` follow it. Outputs come back as binary data when asked
     (``outputs[].parameters.binary_data`` or ``parameters.binary_data_output``).
     """
-    state.served(model)  # 404 / 503 before reading the body
-    body = await read_body(request, state.settings.max_request_bytes)
-    served = state.served(model)  # the version serving now: no await from here to the queue
+    dataplane = get_dataplane(request)
+    dataplane.model(model)  # 404 / 503 before reading the body
+    body = await read_body(request, dataplane.state.settings.max_request_bytes)
     decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
     parsed = decoded.request
-    samples = _samples(decoded.tensors, served)
-    neighbors = check_neighbors(parsed.parameters.neighbors, served.info.reference_size)
-    wanted = _requested(parsed, neighbors)
-    request.state.batch_size = num_rows(samples)
-    submitted = served.batcher.submit(samples, alpha=parsed.parameters.alpha, neighbors=neighbors)
-    result = await unless_disconnected(request, submitted)
-    head = {"model_name": model, "model_version": served.version}
+    wanted = _requested(parsed, parsed.parameters.neighbors)
+    scored = await dataplane.score(
+        request,
+        model,
+        Given.named(decoded.tensors),
+        alpha=parsed.parameters.alpha,
+        neighbors=parsed.parameters.neighbors,
+    )
+    head = {"model_name": model, "model_version": scored.model.version}
     if parsed.id is not None:
         head["id"] = parsed.id
-    payload, header_length = encode_response(head, _outputs(result, wanted), _binary(parsed))
+    payload, header_length = encode_response(head, _outputs(scored.result, wanted), _binary(parsed))
     if header_length is None:
         return Response(payload, media_type=JSONResponse.media_type)
     return Response(
@@ -183,13 +184,13 @@ async def version_ready(model: str, version: str, state: State) -> dict[str, Any
     return await model_ready(model, state)
 
 
-@v2.post(
+@v2.direct(
     "/models/{model}/versions/{version}/infer", name="v2_infer_version", include_in_schema=False
 )
-async def version_infer(model: str, version: str, request: Request, state: State) -> Response:
+async def version_infer(model: str, version: str, request: Request) -> Response:
     """``POST /v2/models/{model}/infer`` for the served version only."""
-    _check_version(state.served(model), version)
-    return await infer(model, request, state)
+    _check_version(get_dataplane(request).model(model), version)
+    return await infer(model, request)
 
 
 def _check_version(served: ServedModel, version: str) -> None:
@@ -199,18 +200,6 @@ def _check_version(served: ServedModel, version: str) -> None:
             f"model {served.info.name!r}: version {version!r} is not served "
             f"(versions: {served.version})"
         )
-
-
-def _samples(tensors: dict[str, np.ndarray], served: ServedModel) -> Samples:
-    """The batch: the ``inputs`` tensor, or one tensor per layer, checked as /v1 checks them."""
-    if served.spec.input_shape is None:
-        return check_embeddings(tensors, served.spec.layer_dims)
-    if list(tensors) != [SAMPLES_INPUT]:
-        raise InvalidInput(
-            f"inputs: this model takes one tensor {SAMPLES_INPUT!r} "
-            f"(B, {', '.join(map(str, served.spec.input_shape))}), got {list(tensors)}"
-        )
-    return npy_batch(tensors[SAMPLES_INPUT], served.spec)
 
 
 def _requested(parsed: InferRequest, neighbors: int) -> list[str]:

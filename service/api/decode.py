@@ -1,9 +1,6 @@
-"""Request bodies to validated numpy batches: JSON or ``application/x-npy``, checked in full.
-
-Everything a batch could fail on (shape, dtype, NaN/inf, an empty batch, unknown layers) is
-refused here with the library's own checks (``snnl.scoring.validation``, InputError -> 422), before
-the
-batch meets other requests, so a bad request never fails someone else's.
+"""Request bodies to Python values: the media type, JSON objects checked by a schema, ``.npy``
+arrays. What the values must be for a model (shape, dtype, NaN/inf, layers) is checked by the
+data plane (``service.dataplane.checked_samples``).
 """
 
 from __future__ import annotations
@@ -11,29 +8,18 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
-from snnl.scoring.batch import Samples
-from snnl.scoring.validation import check_embeddings, check_inputs
+from service.http.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
 
 NPY_MEDIA_TYPE = "application/x-npy"
 JSON_MEDIA_TYPE = "application/json"
 NPY_MAGIC = b"\x93NUMPY"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model takes: raw samples of ``input_shape``, or embeddings {layer: dim}."""
-
-    input_shape: tuple[int, ...] | None
-    layer_dims: Mapping[str, int]
 
 
 def media_type(content_type: str | None) -> str:
@@ -113,48 +99,3 @@ def parse_npy(body: bytes) -> np.ndarray:
     except (ValueError, OSError, EOFError) as err:
         raise MalformedRequest(f"body: not a valid .npy array ({err})") from err
     return value
-
-
-def model_batch(inputs: Any, embeddings: Any, spec: InputSpec) -> Samples:
-    """The batch of a JSON request: ``inputs`` for a model, ``embeddings`` for embedding-only."""
-    if spec.input_shape is not None:
-        if inputs is None:
-            raise InvalidInput("inputs: required for this model (raw samples, not embeddings)")
-        return check_inputs(inputs, spec.input_shape)
-    if embeddings is None:
-        raise InvalidInput("embeddings: required for this embedding-only model, not inputs")
-    return check_embeddings(embeddings, spec.layer_dims)
-
-
-def npy_batch(array: np.ndarray, spec: InputSpec) -> Samples:
-    """The batch of an ``.npy`` body: the samples, or the embeddings of a one-layer model."""
-    if spec.input_shape is not None:
-        return check_inputs(array, spec.input_shape)
-    if len(spec.layer_dims) != 1:
-        raise InvalidInput(
-            f"body: an .npy body holds one array but the model serves layers "
-            f"{list(spec.layer_dims)}; send JSON {{'embeddings': {{layer: [[...]]}}}}"
-        )
-    return check_embeddings({layer: array for layer in spec.layer_dims}, spec.layer_dims)
-
-
-def class_labels(value: Sequence[int | str], class_names: Sequence[str], n: int) -> np.ndarray:
-    """Labels as class indices (B,) int64, from indices 0..C-1 or from class names."""
-    if len(value) != n:
-        raise InvalidInput(f"labels: expected {n} labels (one per sample), got {len(value)}")
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = np.empty(n, dtype=np.int64)
-    for row, label in enumerate(value):
-        if isinstance(label, str):
-            if label not in index:
-                raise InvalidInput(
-                    f"labels.{row}: unknown class name {label!r}; classes {list(class_names)}"
-                )
-            labels[row] = index[label]
-        elif 0 <= label < len(class_names):
-            labels[row] = label
-        else:
-            raise InvalidInput(
-                f"labels.{row}: class index {label} outside 0..{len(class_names) - 1}"
-            )
-    return labels

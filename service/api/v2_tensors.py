@@ -1,8 +1,9 @@
 """Open Inference Protocol v2 tensors: request and response bodies, JSON and binary.
 
-A v2 request body is a JSON object ``{"id", "parameters", "inputs", "outputs"}``. With the binary
-tensor data extension (what tritonclient sends), the header ``Inference-Header-Content-Length: N``
-says the first N bytes are that JSON; each input whose ``parameters.binary_data_size`` is set
+A v2 request body is a JSON object ``{"id", "parameters", "inputs", "outputs"}`` (and
+``model_name``, ``model_version``, which KServe's client sends). With the binary tensor data
+extension (what tritonclient sends), the header ``Inference-Header-Content-Length: N`` says the
+first N bytes are that JSON; each input whose ``parameters.binary_data_size`` is set
 takes that many raw little-endian bytes, in input order, from the rest of the body. Responses put
 an output's bytes after the JSON the same way when the request asks for it (the output's
 ``parameters.binary_data`` or the request's ``parameters.binary_data_output``).
@@ -22,9 +23,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import MalformedRequest
-from service.payload import parse_json_object
-from service.schemas import ScoreRequest
+from service.api.decode import parse_json_object
+from service.api.schemas import ScoreRequest
+from service.http.errors import MalformedRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -86,11 +87,18 @@ class InferParameters(BaseModel):
 
 
 class InferRequest(BaseModel):
-    """``POST /v2/models/{model}/infer``: inputs, optional outputs and request parameters."""
+    """``POST /v2/models/{model}/infer``: inputs, optional outputs and request parameters.
+
+    ``model_name`` and ``model_version`` are accepted as KServe's own server accepts them (its
+    ``InferenceRESTClient`` puts ``model_name`` in every body): the path names the model, these
+    are not read.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = Field(None, description="Ignored: the path names the model.")
+    model_version: str | None = Field(None, description="Ignored: the path names the version.")
     parameters: InferParameters = Field(default_factory=lambda: InferParameters.model_validate({}))
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from service.errors import ServiceError
+from service.http.errors import ServiceError
 
 T = TypeVar("T")
 
@@ -26,8 +26,16 @@ class ClientGone(ServiceError):
     status = 499
 
 
+WATCH_AFTER_S = 0.1
+"""A request starts watching for its client's disconnect once it has waited this long. Watching
+takes a task per request (about a sixth of the event loop's time per 1-sample request,
+docs/performance.md), and matters only when requests wait long, behind a full queue: a
+request answered sooner never pays for it."""
+
+
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """The result of ``work``, or ClientGone (``work`` cancelled) if the client leaves first.
+    """The result of ``work``, or ClientGone (``work`` cancelled) if the client leaves first
+    (noticed from ``WATCH_AFTER_S`` on).
 
     ``work`` starts at once in the calling task (no loop iteration in between, so a model
     swapped by a reload cannot slip between resolving the model and queueing the samples). Call
@@ -35,25 +43,34 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     """
     current = asyncio.current_task()
     assert current is not None
-    state = {"finished": False, "gone": False}
+    loop = asyncio.get_running_loop()
+    finished = gone = False
+    watcher: asyncio.Task[None] | None = None
 
-    def cancel_if_gone(watcher: asyncio.Future[None]) -> None:
-        if not watcher.cancelled() and not state["finished"]:
-            state["gone"] = True
+    def cancel_if_gone(done: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not done.cancelled() and not finished:
+            gone = True
             current.cancel()
 
-    watcher = asyncio.ensure_future(_disconnect(request))
-    watcher.add_done_callback(cancel_if_gone)
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_disconnect(request))
+        watcher.add_done_callback(cancel_if_gone)
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
-        if not state["gone"]:
+        if not gone:
             raise
         current.uncancel()
         raise ClientGone("client disconnected before the answer was ready") from None
     finally:
-        state["finished"] = True
-        watcher.cancel()
+        finished = True
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _disconnect(request: Request) -> None:

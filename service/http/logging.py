@@ -17,13 +17,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from prometheus_client import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.http.errors import error_response
 
 logger = logging.getLogger("snnl.service")
 
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUIET_ENDPOINTS = frozenset({"healthz", "readyz", "metrics"})
 # New ids: a random per-process prefix and a counter (32 hex digits, unique across replicas,
@@ -80,19 +82,27 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
 
 
 class RequestLogMiddleware:
-    """Pure ASGI middleware: request id, one log line and the request metrics per HTTP request.
+    """Pure ASGI middleware, outermost: request id, in-flight gauge, one log line and the request
+    metrics per HTTP request, and a generic 500 for an unexpected error.
 
     The model label is the path's ``{model}`` only when ``known_model`` accepts it (a client
     cannot create label values); the endpoint label is the matched route's name. Routes put the
-    number of samples in ``request.state.batch_size``.
+    number of samples in ``request.state.batch_size``. ``in_flight`` counts the requests being
+    handled (what an autoscaler on load reads).
     """
 
     def __init__(
-        self, app: ASGIApp, *, observe: RequestObserver, known_model: Callable[[str], bool]
+        self,
+        app: ASGIApp,
+        *,
+        observe: RequestObserver,
+        known_model: Callable[[str], bool],
+        in_flight: Gauge | None = None,
     ) -> None:
         self.app = app
         self.observe = observe
         self.known_model = known_model
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,10 +120,12 @@ class RequestLogMiddleware:
                 status, started = message["status"], True
                 message["headers"] = [
                     *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    (REQUEST_ID_HEADER_BYTES, request_id.encode()),
                 ]
             await send(message)
 
+        if self.in_flight is not None:
+            self.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -125,28 +137,31 @@ class RequestLogMiddleware:
             error = error_response(scope["path"], "internal error", 500)
             await error(scope, receive, send_with_id)
         finally:
+            if self.in_flight is not None:
+                self.in_flight.dec()
             seconds = time.perf_counter() - start
             route = scope.get("route")
             endpoint = getattr(route, "name", None) or "other"
             model = scope.get("path_params", {}).get("model", "")
             model = model if self.known_model(model) else ""
             self.observe(model, endpoint, status, seconds)
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "endpoint": endpoint,
-                "model": model,
-                "batch_size": state.get("batch_size"),
-                "status": status,
-                "duration_ms": round(seconds * 1000.0, 3),
-            }
             level = logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO
-            logger.log(level, "request", extra={"fields": fields})
+            if logger.isEnabledFor(level):
+                fields = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "endpoint": endpoint,
+                    "model": model,
+                    "batch_size": state.get("batch_size"),
+                    "status": status,
+                    "duration_ms": round(seconds * 1000.0, 3),
+                }
+                logger.log(level, "request", extra={"fields": fields})
 
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
-        if name == REQUEST_ID_HEADER.encode():
+        if name == REQUEST_ID_HEADER_BYTES:
             candidate = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate

@@ -10,10 +10,10 @@ Three roles (as in LitServe and infinity, minus their process hops):
 * collector (an asyncio task on the event loop): waits for the first chunk, then until the queue
   holds ``max_batch_size`` samples or the oldest chunk has waited ``max_wait_s``, and takes whole
   chunks from the front up to ``max_batch_size`` samples. While a batch runs, the next one fills.
-* worker (one thread per model, never the event loop): ``service.worker.BatchRunner`` makes one
-  scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the rows back; a
-  group that fails is retried chunk by chunk, so a bad request fails alone and every future gets
-  an outcome.
+* worker (one thread per model, never the event loop): ``service.runtime.runner.BatchRunner``
+  makes one scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the
+  rows back; a group that fails is retried chunk by chunk, so a bad request fails alone and every
+  future gets an outcome.
 
 Per-request ``alpha`` and ``neighbors`` are honored by that grouping: every request is scored by
 exactly the call it would get alone, with no math in the service. Requests with the usual
@@ -33,9 +33,9 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from service.errors import TooLarge, Unavailable
-from service.metrics import ServiceMetrics, observe_many
-from service.worker import BatchRunner, Part, R, ScoreFn
+from service.http.errors import TooLarge, Unavailable
+from service.http.metrics import ServiceMetrics, observe_many
+from service.runtime.runner import BatchRunner, Part, R, ScoreFn
 from snnl.scoring.batch import Samples, num_rows, slice_rows
 
 T = TypeVar("T")
@@ -87,11 +87,6 @@ class DynamicBatcher(Generic[R]):
         self._running: list[_Chunk[R]] = []
         self._arrived: asyncio.Event | None = None
         self._collector: asyncio.Task[None] | None = None
-
-    @property
-    def queued_samples(self) -> int:
-        """Samples waiting in the queue (not counting the batch being scored)."""
-        return self._queued_samples
 
     @property
     def idle(self) -> bool:

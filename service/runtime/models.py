@@ -23,22 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 
-from service.batching import DynamicBatcher
-from service.errors import Unavailable, UnknownModel
-from service.metrics import ServiceMetrics
-from service.payload import InputSpec
-from service.schemas import CalibrationSummary, LayerInfo, ModelInfo, ModelStatus
-from service.security import ApiKeys
+from service.api.schemas import CalibrationSummary, LayerInfo, ModelInfo, ModelStatus
+from service.http.errors import Unavailable, UnknownModel
+from service.http.metrics import ServiceMetrics
+from service.http.security import ApiKeys
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.runner import evaluate_call, score_call
 from service.settings import Settings
-from service.worker import ScoreFn
 from snnl.errors import InputError, RepositoryError
-from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
 from snnl.model.store import list_models, manifest_fingerprint
@@ -46,6 +45,14 @@ from snnl.scoring.batch import Samples, slice_rows
 from snnl.scoring.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: raw samples of ``input_shape``, or embeddings {layer: dim}."""
+
+    input_shape: tuple[int, ...] | None
+    layer_dims: Mapping[str, int]
 
 
 @dataclass
@@ -74,17 +81,9 @@ class ServedModel:
     async def evaluate(self, samples: Samples, labels: np.ndarray) -> dict[str, Any]:
         """Embedding evaluation of a labeled batch, run in the model's scoring thread (its
         samples count against the model's queue: 413 / 503 as for scoring)."""
-        given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
-        evaluate = partial(evaluate_detector, self.detector, labels, validated=True, **given)
+        evaluate = evaluate_call(self.detector, samples, labels)
         evaluation = await self.batcher.call(evaluate, size=len(labels))
         return evaluation.to_dict()
-
-
-def _score_call(detector: Detector) -> ScoreFn[ScoreResult]:
-    """``score(samples, alpha, neighbors)`` for the batcher. Every batch it sees was validated
-    once, when its request was parsed (service.payload, with the same checks as the Detector),
-    or built valid by the warm-up, so the Detector does not check it again."""
-    return lambda s, alpha, k: detector.score_samples(s, alpha=alpha, neighbors=k, validated=True)
 
 
 def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
@@ -100,7 +99,7 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
         }
     else:
         batch = np.zeros((batch_size, *detector.input_shape), dtype=np.float32)
-    score = _score_call(detector)
+    score = score_call(detector)
     one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
         score(batch, None, 0)
@@ -193,10 +192,6 @@ class ServiceState:
     def models(self) -> dict[str, ServedModel]:
         """The models that serve now, by name."""
         return {n: e.served for n, e in sorted(self.entries.items()) if e.served is not None}
-
-    def knows(self, name: str) -> bool:
-        """True when ``name`` is a model of the repository (loaded or not)."""
-        return name in self.entries
 
     def served(self, name: str) -> ServedModel:
         """The version of ``name`` that serves now; 404 if the repository has no such model,
@@ -401,7 +396,7 @@ class ServiceState:
         info, calibration = _describe(detector)
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
             name,
-            _score_call(detector),
+            score_call(detector),
             max_batch_size=s.max_batch_size,
             max_wait_s=s.max_batch_wait_s,
             max_queue=s.max_queue,

@@ -1,7 +1,10 @@
 """The scoring thread's side of dynamic batching: run one merged batch, split the rows back.
 
-Synchronous and free of asyncio: ``run_batch`` is what ``DynamicBatcher`` hands to its single
-worker thread. It groups the batch's chunks by ``(alpha, neighbors)`` in arrival order,
+This module is the only one of the service that calls a ``Detector`` to score or evaluate
+(``score_call``, ``evaluate_call``); everything else hands it checked batches.
+
+Synchronous and free of asyncio: ``BatchRunner.run`` is what ``DynamicBatcher`` hands to its
+single worker thread. It groups the batch's chunks by ``(alpha, neighbors)`` in arrival order,
 concatenates each group and makes one scoring call per group, checks that the call returned one
 row per input row, and splits the rows back per chunk. A group that fails is retried chunk by
 chunk, so a bad request fails alone and every chunk gets an outcome (a result or an exception).
@@ -11,10 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.metrics import ScoredBatch
+import numpy as np
+
+from service.http.metrics import ScoredBatch
+from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_detector
+from snnl.model.detector import Detector
 from snnl.scoring.batch import Samples, concat_rows
+from snnl.scoring.results import ScoreResult
 
 BatchKey = tuple[float | None, int]
 """(alpha, neighbors): requests are merged into one scoring call only when these agree."""
@@ -35,6 +44,23 @@ class Result(ScoredBatch, Protocol):
 
 ScoreFn = Callable[[Samples, float | None, int], R]
 """``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
+
+
+def score_call(detector: Detector) -> ScoreFn[ScoreResult]:
+    """``score(samples, alpha, neighbors)`` of ``detector`` for the batcher. Every batch it sees
+    was checked once, when its request was decoded (``service.dataplane.checked_samples``, with
+    the Detector's own checks), or built valid by the warm-up, so the Detector does not check it
+    again."""
+    return lambda s, alpha, k: detector.score_samples(s, alpha=alpha, neighbors=k, validated=True)
+
+
+def evaluate_call(
+    detector: Detector, samples: Samples, labels: np.ndarray
+) -> Callable[[], EmbeddingEvaluation]:
+    """The embedding evaluation of checked ``samples`` with class indices ``labels`` (B,), to
+    run in the model's scoring thread."""
+    given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
+    return partial(evaluate_detector, detector, labels, validated=True, **given)
 
 
 class BatchError(RuntimeError):

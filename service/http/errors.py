@@ -4,8 +4,8 @@
 The detail names the field (``inputs``, ``alpha``, ``model``, the body, a header) and what was
 expected. ``snnl.errors.InputError`` (the data does not fit the model) is a 422,
 ``snnl.errors.UnavailableError`` (a shard of the reference is down) a 503. Anything else
-unexpected becomes a 500 with a generic detail in ``service.logging.RequestLogMiddleware`` (the
-cause goes to the log, not to the client).
+unexpected becomes a 500 with a generic detail in ``service.http.logging.RequestLogMiddleware``
+(the cause goes to the log, not to the client).
 """
 
 from __future__ import annotations
@@ -101,20 +101,28 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def known_error(path: str, err: Exception) -> JSONResponse | None:
+    """The answer to ``err`` raised while serving ``path`` when it is one of the service's
+    errors (``ServiceError``, ``InputError`` 422, ``UnavailableError`` 503); None otherwise."""
+    if isinstance(err, ServiceError):
+        return error_response(path, err.detail, err.status, err.headers)
+    if isinstance(err, InputError):
+        return error_response(path, str(err), 422)
+    if isinstance(err, UnavailableError):
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error, framework ones included, with its status and ``error_response``."""
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, err: ServiceError) -> JSONResponse:
-        return error_response(request.url.path, err.detail, err.status, err.headers)
+    async def _known_error(request: Request, err: Exception) -> JSONResponse:
+        response = known_error(request.url.path, err)
+        assert response is not None  # registered for the known error types only
+        return response
 
-    @app.exception_handler(InputError)
-    async def _input_error(request: Request, err: InputError) -> JSONResponse:
-        return error_response(request.url.path, str(err), 422)
-
-    @app.exception_handler(UnavailableError)
-    async def _unavailable(_: Request, err: UnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+    for kind in (ServiceError, InputError, UnavailableError):
+        app.add_exception_handler(kind, _known_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

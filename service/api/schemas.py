@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API (docs/service.md), with OpenAPI examples that
-are a real request to and response from the committed ``digits-mlp`` model (service/examples.py)."""
+are a real request to and response from the committed ``digits-mlp`` model
+(service/api/examples.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST, SCORE_RESPONSE
+from service.api.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST, SCORE_RESPONSE
 from snnl.evaluation.embeddings import LayerEvaluation
 
 

@@ -1,4 +1,4 @@
-"""API keys (constant-time comparison, rotation from a file) and the request body limit.
+"""API keys: constant-time comparison, rotation from a file.
 
 Keys come from ``SNNL_API_KEYS`` (fixed for the process) and ``SNNL_API_KEYS_FILE`` (one key a
 line, ``#`` comments): the file is looked at again at most once a second and re-read when its
@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.security.base import SecurityBase
 
-from service.errors import MalformedRequest, TooLarge, Unauthorized
+from service.http.errors import Unauthorized
 from service.settings import check_key_strength
 
 logger = logging.getLogger("snnl.service")
@@ -141,27 +141,3 @@ def check_api_key(request: Request, keys: tuple[bytes, ...]) -> None:
         matched |= hmac.compare_digest(key, candidate)
     if not matched:
         raise Unauthorized("API key not accepted (header 'Authorization' or 'X-API-Key')")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes.
-
-    A declared ``Content-Length`` above the limit is refused before reading; a chunked body is
-    counted while it streams in, so a client can never make the server buffer more than ``limit``.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError as err:
-            raise MalformedRequest(f"header Content-Length: not an integer: {declared!r}") from err
-        if length > limit:
-            raise TooLarge(f"body: {length} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body: more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -1,20 +1,19 @@
-"""HTTP plumbing around the routes: compressed request bodies and the in-flight request gauge.
+"""Payload limits: the request body, read within ``max_request_bytes``, also when compressed.
 
-Both are pure ASGI middleware (no per-request objects beyond what they need). Responses are
-compressed by Starlette's ``GZipMiddleware`` (``service.app``); this module handles the other
-direction: a body sent with ``Content-Encoding: gzip`` (or ``deflate``, the zlib format, as
-tritonclient sends it) is inflated before the route reads it, never to more than the request
-size limit.
+``read_body`` is how a route reads its body. ``RequestDecompressionMiddleware`` (pure ASGI)
+inflates a body sent with ``Content-Encoding: gzip`` (or ``deflate``, the zlib format, as
+tritonclient sends it) before the route reads it, never to more than the limit. Responses are
+compressed by ``service.http.gzip``.
 """
 
 from __future__ import annotations
 
 import zlib
 
-from prometheus_client import Gauge
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.http.errors import MalformedRequest, TooLarge, error_response
 
 # zlib's wbits: 16 + 15 reads the gzip format, 15 the zlib format ("Content-Encoding: deflate").
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -112,19 +111,25 @@ def _content_encoding(scope: Scope) -> str | None:
     return None
 
 
-class InFlightMiddleware:
-    """Count HTTP requests being handled in ``gauge`` (what an autoscaler on load reads)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes.
 
-    def __init__(self, app: ASGIApp, *, gauge: Gauge) -> None:
-        self.app = app
-        self.gauge = gauge
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.gauge.inc()
+    A declared ``Content-Length`` above the limit is refused before reading; a chunked body is
+    counted while it streams in, so a client can never make the server buffer more than ``limit``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
         try:
-            await self.app(scope, receive, send)
-        finally:
-            self.gauge.dec()
+            length = int(declared)
+        except ValueError as err:
+            raise MalformedRequest(f"header Content-Length: not an integer: {declared!r}") from err
+        if length > limit:
+            raise TooLarge(f"body: {length} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body: more than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

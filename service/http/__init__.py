@@ -1,0 +1,1 @@
+"""ASGI plumbing: request log and metrics, errors, API keys, body limits, direct routes."""

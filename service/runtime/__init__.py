@@ -1,0 +1,1 @@
+"""Served models and their lifecycle, the dynamic batcher and the batch runner."""
