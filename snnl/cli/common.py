@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # Mirrors of library constants (checked equal by the tests).
 DISTANCES: tuple[str, ...] = ("cosine", "euclidean")  # snnl.core.distances.DISTANCES
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # snnl.model.runtime.DEVICES
-ARCHS: tuple[str, ...] = ("mlp", "cnn1d")  # snnl.training.nets.ARCHS
+ARCHS: tuple[str, ...] = ("mlp", "cnn1d", "cnn2d")  # snnl.training.nets.ARCHS
 BUILTIN_DATASETS: tuple[str, ...] = (  # snnl.training.data.BUILTIN_DATASETS
     "digits",
     "mnist1d",
