@@ -72,6 +72,7 @@ COMBINED = "combined"
 """The layer label of the model's combined p-value (``snnl_drift_statistic{layer="combined"}``)."""
 
 LN10 = math.log(10.0)
+MIN_WINDOW = 64  # samples processed at once after an alarm (then growing)
 
 
 @dataclass(frozen=True)
@@ -355,11 +356,12 @@ class DriftMonitor:
         """Run the CUSUMs over the increments x (B, J), restarting after each alarm; append the
         mixture's natural log per sample to ``path`` if given."""
         raised: list[Alarm] = []
-        start = 0
+        start, span = 0, x.shape[0]
         while start < x.shape[0]:
             # W_i = S_i - min(0, min_{m <= i} S_m) with S = W_0 + cumsum(x): the CUSUM recursion
-            # W_i = max(0, W_{i-1} + x_i) in closed form.
-            s = self._w + np.cumsum(x[start:], axis=0)
+            # W_i = max(0, W_{i-1} + x_i) in closed form. After an alarm the next window is a few
+            # times the gap to it, so a stream that alarms every few samples costs O(B), not O(B^2).
+            s = self._w + np.cumsum(x[start : start + span], axis=0)
             w = s - np.minimum(np.minimum.accumulate(s, axis=0), 0.0)
             top = w.max(axis=1)
             mixture = top + np.log(np.exp(w - top[:, None]).sum(axis=1)) + self._log_weight
@@ -372,7 +374,9 @@ class DriftMonitor:
                 self._w = w[end].copy()
                 self._floor_at = floor_at
                 self._samples += w.shape[0]
-                break
+                start += w.shape[0]
+                span *= 2
+                continue
             at = self._samples + end
             component = int(np.argmax(w[end]))
             alarm = Alarm(
@@ -388,6 +392,7 @@ class DriftMonitor:
             self._floor_at = np.full_like(self._floor_at, at)
             self._samples = at + 1
             start += end + 1
+            span = max(MIN_WINDOW, 4 * (end + 1))
         return tuple(raised)
 
     def _floors(self, w: np.ndarray, offset: int) -> np.ndarray:
