@@ -12,7 +12,7 @@ import pytest
 
 from snnl.cli import build_parser, common, main
 
-COMMANDS = ("train", "export", "score", "evaluate", "index", "data", "serve")
+COMMANDS = ("train", "export", "score", "evaluate", "index", "data", "monitor", "serve")
 HEAVY = ("torch", "numpy", "onnxruntime", "fastapi", "pydantic", "matplotlib", "sklearn")
 
 
