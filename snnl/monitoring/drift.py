@@ -23,7 +23,8 @@ alarms is at least ``ert``. The estimated change point is the first sample after
 the dominating CUSUM sat at its floor of 0.
 
 Cost: O(J) state, O(B J) numpy work per batch of B p-values (a cumulative sum and a running
-minimum per component; Python loops only over the alarms inside a batch).
+minimum per component, time along the contiguous axis; Python loops only over the alarms inside
+a batch).
 """
 
 from __future__ import annotations
@@ -234,10 +235,17 @@ class _Bets:
             down=np.asarray(down),
         )
 
-    def increments(self, p: np.ndarray) -> np.ndarray:
-        """log f_j(p_i), (B, J)."""
-        below = p[:, None] <= self.thresholds[None, :]
-        return np.where(below[:, self.level], self.up, self.down)
+    @property
+    def table(self) -> np.ndarray:
+        """(J, K + 1): column r holds log f_j(p) for a p-value above exactly r of the thresholds
+        (the thresholds increase, so p <= threshold k for every k >= r)."""
+        columns = np.arange(len(self.thresholds) + 1)[None, :]
+        return np.where(self.level[:, None] >= columns, self.up[:, None], self.down[:, None])
+
+    def increments(self, p: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """log f_j(p_i), (J, B) (time along the contiguous axis), with ``table`` =
+        ``self.table``: one gather per sample."""
+        return table[:, np.searchsorted(self.thresholds, p, side="left")]
 
 
 def check_p_values(p: object, name: str = "p_values") -> np.ndarray:
@@ -270,6 +278,7 @@ class DriftMonitor:
         self.n_calibration = None if n_calibration is None else int(n_calibration)
         self.settings = settings if settings is not None else DriftSettings()
         self._bets = _Bets.build(self.n_calibration, self.settings)
+        self._table = self._bets.table
         count = len(self._bets.level)
         self._log_weight = -math.log(count)
         self._log_threshold = math.log(self.settings.ert)
@@ -329,8 +338,10 @@ class DriftMonitor:
             raise InputError(f"p_values: expected a 1-d array (B,), got shape {p.shape}")
         stamp = time.time() if now is None else float(now)
         with self._lock:
-            raised = self._advance(self._bets.increments(p), stamp, path) if p.size else ()
-            return self._state(raised)
+            if not p.size:
+                return self._state(())
+            x = self._bets.increments(p, self._table)
+            return self._state(self._advance(x, stamp, path))
 
     def _state(self, raised: tuple[Alarm, ...]) -> DriftState:
         statistic, top = self._statistic(self._w)
@@ -353,37 +364,41 @@ class DriftMonitor:
     def _advance(
         self, x: np.ndarray, stamp: float, path: list[np.ndarray] | None
     ) -> tuple[Alarm, ...]:
-        """Run the CUSUMs over the increments x (B, J), restarting after each alarm; append the
+        """Run the CUSUMs over the increments x (J, B), restarting after each alarm; append the
         mixture's natural log per sample to ``path`` if given."""
         raised: list[Alarm] = []
-        start, span = 0, x.shape[0]
-        while start < x.shape[0]:
+        size = x.shape[1]
+        start, span = 0, size
+        while start < size:
             # W_i = S_i - min(0, min_{m <= i} S_m) with S = W_0 + cumsum(x): the CUSUM recursion
             # W_i = max(0, W_{i-1} + x_i) in closed form. After an alarm the next window is a few
             # times the gap to it, so a stream that alarms every few samples costs O(B), not O(B^2).
-            s = self._w + np.cumsum(x[start : start + span], axis=0)
-            w = s - np.minimum(np.minimum.accumulate(s, axis=0), 0.0)
-            top = w.max(axis=1)
-            mixture = top + np.log(np.exp(w - top[:, None]).sum(axis=1)) + self._log_weight
-            crossed = np.flatnonzero(mixture >= self._log_threshold)
-            end = int(crossed[0]) if crossed.size else w.shape[0] - 1
+            s = self._w[:, None] + np.cumsum(x[:, start : start + span], axis=1)
+            w = s - np.minimum(np.minimum.accumulate(s, axis=1), 0.0)
+            if path is not None:
+                columns = np.arange(w.shape[1])
+            else:  # the mixture is at most max_j W_j (weights sum to 1): only those can cross
+                columns = np.flatnonzero(w.max(axis=0) >= self._log_threshold)
+            mixture = self._mixture(w[:, columns])
+            crossing = np.flatnonzero(mixture >= self._log_threshold)
+            end = int(columns[crossing[0]]) if crossing.size else w.shape[1] - 1
             if path is not None:
                 path.append(mixture[: end + 1])
-            floor_at = self._floors(w[: end + 1], self._samples)
-            if not crossed.size:
-                self._w = w[end].copy()
+            floor_at = self._floors(s[:, : end + 1], self._samples)
+            if not crossing.size:
+                self._w = w[:, end].copy()
                 self._floor_at = floor_at
-                self._samples += w.shape[0]
-                start += w.shape[0]
+                self._samples += w.shape[1]
+                start += w.shape[1]
                 span *= 2
                 continue
             at = self._samples + end
-            component = int(np.argmax(w[end]))
+            component = int(np.argmax(w[:, end]))
             alarm = Alarm(
                 sample=at,
                 change_point=int(floor_at[component]) + 1,
                 time=stamp,
-                statistic=float(mixture[end]) / LN10,
+                statistic=float(mixture[crossing[0]]) / LN10,
             )
             raised.append(alarm)
             self._alarms += 1
@@ -395,13 +410,22 @@ class DriftMonitor:
             span = max(MIN_WINDOW, 4 * (end + 1))
         return tuple(raised)
 
-    def _floors(self, w: np.ndarray, offset: int) -> np.ndarray:
-        """Per component, the last stream index at which W was 0 within the rows ``w`` (row 0 is
-        sample ``offset``), or the carried one if W never touched 0 there."""
-        zero = w == 0.0
-        touched = zero.any(axis=0)
-        last = w.shape[0] - 1 - np.argmax(zero[::-1], axis=0)
-        return np.where(touched, offset + last, self._floor_at)
+    def _mixture(self, w: np.ndarray) -> np.ndarray:
+        """log sum_j w_j exp(W_j) per column of ``w`` (J, R)."""
+        if not w.shape[1]:
+            return np.zeros(0)
+        top = w.max(axis=0)
+        return top + np.log(np.exp(w - top).sum(axis=0)) + self._log_weight
+
+    def _floors(self, s: np.ndarray, offset: int) -> np.ndarray:
+        """Per component, the last stream index at which W was 0 within the columns of S ``s``
+        (J, R) (column 0 is sample ``offset``), or the carried one if W never touched 0 there.
+        W_i = 0 exactly where S_i is <= 0 and a running minimum, so the last such i is the last
+        position of the minimum of S, if that minimum is <= 0."""
+        backwards = s[:, ::-1]
+        last = np.argmin(backwards, axis=1)
+        low = backwards[np.arange(s.shape[0]), last]
+        return np.where(low <= 0.0, offset + s.shape[1] - 1 - last, self._floor_at)
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,8 @@ def test_state_is_constant_size_and_the_current_excursion_has_a_start() -> None:
     for size in (10, 100_000):
         monitor.update(conformal_p(cal, rng.random(size)))
         sizes.append(sum(v.nbytes for v in vars(monitor).values() if isinstance(v, np.ndarray)))
-    assert sizes[0] == sizes[1] == 2 * 8 * monitor.components
+    # W and the floor index per component, and the (levels + 1, J) table of log-bets
+    assert sizes[0] == sizes[1] == 8 * monitor.components * (2 + len(monitor.upper_rates) + 1)
     state = monitor.state
     assert {f.name for f in fields(DriftState)} == {
         "samples", "statistic", "threshold", "alarms", "last_alarm", "change_point", "new_alarms"
