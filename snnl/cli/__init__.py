@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from snnl.cli.common import HelpFormatter
 from snnl.errors import SnnlError
 
-SUBCOMMANDS: tuple[str, ...] = ("train", "export", "score", "evaluate", "index", "data")
+SUBCOMMANDS: tuple[str, ...] = ("train", "export", "score", "evaluate", "index", "data", "monitor")
 PLUGIN_GROUP = "snnl.commands"
 
 

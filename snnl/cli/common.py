@@ -23,8 +23,14 @@ if TYPE_CHECKING:
 # Mirrors of library constants (checked equal by the tests).
 DISTANCES: tuple[str, ...] = ("cosine", "euclidean")  # snnl.core.distances.DISTANCES
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # snnl.model.runtime.DEVICES
-ARCHS: tuple[str, ...] = ("mlp", "cnn1d")  # snnl.training.nets.ARCHS
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist1d")  # snnl.training.data
+ARCHS: tuple[str, ...] = ("mlp", "cnn1d", "cnn2d")  # snnl.training.nets.ARCHS
+BUILTIN_DATASETS: tuple[str, ...] = (  # snnl.training.data.BUILTIN_DATASETS
+    "digits",
+    "mnist1d",
+    "mnist",
+    "fashion-mnist",
+)
+DATASET_PARTS: tuple[str, ...] = ("all", "train", "test")  # snnl.training.data.DATASET_PARTS
 DEFAULT_FACTOR = 1.0  # snnl.training.run.DEFAULT_FACTOR
 DEFAULT_TEMPERATURE = "learned"  # snnl.training.run.DEFAULT_TEMPERATURE
 NONCONFORMITY_KINDS: tuple[str, ...] = ("neighbor-mass", "neg-log-score")  # scoring.nonconformity

@@ -1,9 +1,12 @@
 """``snnl data``: write an evaluation set as an ``.npz`` (``x`` float32, ``y`` int64).
 
 The source is a run directory's split (labels in the model's 0..C-1 space) or a dataset
-(digits, mnist1d or a .npz; with --classes the labels are remapped to 0..C-1 in sorted id
-order, as snnl train does). --noise N writes N uniform samples over the source's value range
-instead (no y); --transform changes the source samples.
+(digits, mnist1d, mnist, fashion-mnist or a .npz; with --classes the labels are remapped to
+0..C-1 in sorted id order, as snnl train does). mnist and fashion-mnist are 28x28 images of
+pixel values 0..255, read offline (mnist: pip install 'snnl[images]'; fashion-mnist: apt-get
+install dataset-fashion-mnist); --part picks their official train or test part. --noise N
+writes N uniform samples over the source's value range instead (no y); --transform changes
+the source samples.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snnl.cli.common import TRANSFORMS, class_ids, dataset
+from snnl.cli.common import DATASET_PARTS, TRANSFORMS, class_ids, dataset
 from snnl.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", dest="run_dir", type=Path, help="a run directory of snnl train")
-    source.add_argument("--dataset", type=dataset, help="digits, mnist1d or a .npz file")
+    source.add_argument(
+        "--dataset", type=dataset, help="digits, mnist1d, mnist, fashion-mnist or a .npz file"
+    )
     parser.add_argument(
         "--split", choices=SPLITS, default="test", help="which split of the --run directory"
     )
@@ -38,6 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--classes",
         type=class_ids,
         help="with --dataset: keep these class ids, e.g. 5,6 (default: every class)",
+    )
+    parser.add_argument(
+        "--part",
+        choices=DATASET_PARTS,
+        default="all",
+        help="with --dataset mnist or fashion-mnist: the official train part (60,000 images), "
+        "the test part (10,000) or all (both)",
     )
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument(
@@ -66,12 +78,14 @@ def _source(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     if args.run_dir is not None:
         if args.classes is not None:
             raise InputError("--classes goes with --dataset, not --run")
+        if args.part != "all":
+            raise InputError("--part goes with --dataset, not --run")
         path = args.run_dir / SPLIT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {args.run_dir} a run directory?")
         split = Split.load(path)
         return getattr(split, f"x_{args.split}"), getattr(split, f"y_{args.split}")
-    loaded = load_dataset(args.dataset, args.classes)
+    loaded = load_dataset(args.dataset, args.classes, part=args.part)
     return loaded.x, loaded.y
 
 

@@ -23,7 +23,7 @@ from snnl.errors import InputError
 if TYPE_CHECKING:
     from snnl.training.run import TemperatureSetting, TrainSettings
 
-DEFAULT_ARCH = {"mnist1d": "cnn1d"}
+DEFAULT_ARCH = {"mnist1d": "cnn1d", "mnist": "cnn2d", "fashion-mnist": "cnn2d"}
 
 
 def _temperature(text: str) -> TemperatureSetting | float:
@@ -70,7 +70,10 @@ def add_parser(subparsers: Any) -> None:
         help="comma-separated layers whose SNNL enters the loss (default: all hidden layers)",
     )
     parser.add_argument(
-        "--arch", choices=ARCHS, default=None, help="the net (default: cnn1d for mnist1d, else mlp)"
+        "--arch",
+        choices=ARCHS,
+        default=None,
+        help="the net (default: cnn1d for mnist1d, cnn2d for mnist and fashion-mnist, else mlp)",
     )
     parser.add_argument(
         "--factor",

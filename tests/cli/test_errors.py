@@ -67,3 +67,20 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) 
         port = busy.getsockname()[1]
         line = _error(["serve", "--repository", str(MODELS), "--port", str(port)], capsys)
     assert line.startswith(f"snnl serve: error: --port {port}: cannot listen on 127.0.0.1")
+
+
+def test_image_datasets_without_their_package_are_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    out = str(tmp_path / "x.npz")
+    monkeypatch.setenv("SNNL_FASHION_MNIST_DIR", str(tmp_path))
+    line = _error(["data", "--dataset", "fashion-mnist", "--out", out], capsys)
+    assert "apt-get install dataset-fashion-mnist" in line
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    line = _error(["train", "--data", "mnist", "--out", str(tmp_path / "run")], capsys)
+    assert "pip install 'snnl[images]'" in line

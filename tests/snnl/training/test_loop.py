@@ -163,3 +163,28 @@ def test_bad_settings() -> None:
         TrainSettings(dataset="digits", temperature="cold")
     with pytest.raises(InputError, match="--classes"):
         train(small(classes=[0, 99]))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_cnn2d_trains_exports_and_scores_images(tmp_path: Path) -> None:
+    """The 8x8 digits as one-channel images: a cnn2d run, exported (ONNX checked against
+    PyTorch) and scored from raw pixel values by the loaded model."""
+    from snnl.build.from_run import export_run
+    from snnl.model.detector import Detector
+    from snnl.training.data import load_dataset
+
+    digits = load_dataset("digits", [0, 1, 2])
+    images = tmp_path / "images.npz"
+    np.savez(images, x=digits.x.reshape(-1, 8, 8), y=digits.y)
+    settings = small(dataset=str(images), classes=None, arch="cnn2d", epochs=3, lr=3e-3)
+    result = train(settings, tmp_path / "run")
+    assert result.run.config.input_shape == [8, 8]
+    assert result.run.config.hidden_layers == ["conv1", "conv2", "fc1"]
+    assert result.history[0].test_accuracy > 0.8
+    manifest = export_run(tmp_path / "run", tmp_path / "models", "img", layers=["conv2", "fc1"])
+    assert [layer.name for layer in manifest.layers] == ["conv2", "fc1"]
+    det = Detector.load(tmp_path / "models", "img", device="cpu")
+    split = result.run.split
+    scores = det.score(split.x_test[:20])
+    assert scores.soft_neighbor_score.shape == (20, 2)
+    assert np.mean(scores.prediction == split.y_test[:20]) > 0.8

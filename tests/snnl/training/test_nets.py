@@ -9,7 +9,7 @@ import torch
 
 from snnl.core.taps import LayerTaps
 from snnl.errors import InputError
-from snnl.training.nets import CNN1d, Standardize, build_net
+from snnl.training.nets import CNN1d, CNN2d, Standardize, build_net
 
 CASES = [
     ("mlp", (64,), {}, {"fc1": 256, "fc2": 128, "fc3": 64}),
@@ -20,6 +20,13 @@ CASES = [
         (2, 13),
         {"channels": [4, 6], "kernel_size": 3, "hidden": 9},
         {"conv1": 4 * 7, "conv2": 6 * 4, "fc1": 9},
+    ),
+    ("cnn2d", (28, 28), {}, {"conv1": 16 * 14 * 14, "conv2": 32 * 7 * 7, "fc1": 128}),
+    (
+        "cnn2d",
+        (2, 9, 8),
+        {"channels": [3, 5], "kernel_size": 5, "hidden": [7, 6]},
+        {"conv1": 3 * 4 * 4, "conv2": 5 * 2 * 2, "fc1": 7, "fc2": 6},
     ),
 ]
 
@@ -56,6 +63,18 @@ def test_standardize_fit_and_forward() -> None:
     np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-6)
 
 
+def test_cnn2d_scales_all_pixels_alike() -> None:
+    pixels = torch.randint(0, 256, (40, 28, 28)).float()
+    pixels[:, 0, :] = 0.0  # a border row that never lights up keeps the shared scale
+    net = build_net("cnn2d", (28, 28), 3)
+    net.standardize.fit(pixels)
+    values = pixels.double()
+    assert torch.allclose(net.standardize.mean, values.mean().float().expand(28, 28))
+    assert torch.allclose(net.standardize.std, values.std(unbiased=False).float().expand(28, 28))
+    scaled = net.standardize(pixels)
+    assert abs(float(scaled.mean())) < 1e-4 and abs(float(scaled.std()) - 1.0) < 1e-3
+
+
 def test_standardization_is_part_of_the_forward() -> None:
     torch.manual_seed(1)
     net = build_net("mlp", (6,), 3, hidden=[4])
@@ -79,10 +98,18 @@ def test_bad_arguments() -> None:
         build_net("mlp", (8,), 3, hidden=[])
     with pytest.raises(InputError, match="input shape"):
         CNN1d((2, 3, 4), 3)
+    with pytest.raises(InputError, match="input shape"):
+        CNN2d((784,), 3)
+    with pytest.raises(InputError, match="at least 4x4"):
+        CNN2d((3, 28), 3)
+    with pytest.raises(InputError, match="dense layer"):
+        CNN2d((28, 28), 3, hidden=[])
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize(("arch", "shape"), [("mlp", (64,)), ("cnn1d", (40,))])
+@pytest.mark.parametrize(
+    ("arch", "shape"), [("mlp", (64,)), ("cnn1d", (40,)), ("cnn2d", (12, 12)), ("cnn2d", (2, 8, 8))]
+)
 def test_onnx_export_with_hidden_outputs_matches_torch(
     tmp_path, arch: str, shape: tuple[int, ...]
 ) -> None:
