@@ -4,10 +4,12 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
 
 1. the reference set is serialized at the requested dtype and read back, so everything below
    sees exactly the values that will be served (float16 rounding included);
-2. each layer's temperature is chosen from the reference set alone (snnl.scoring.temperature_rule), and
-   so are the terms of the neighbor-mass nonconformity (snnl.scoring.neighbor_mass), the default kind;
+2. each layer's temperature is chosen from the reference set alone
+   (snnl.scoring.temperature_rule), and so are the terms of the neighbor-mass nonconformity
+   (snnl.scoring.neighbor_mass), the default kind;
 3. the calibration inputs are scored by the same Detector code a query goes through, and the
-   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept (snnl.scoring.conformal);
+   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept
+   (snnl.scoring.conformal);
 4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
    manifest's provenance;
 5. the folder is written atomically with sha256s (snnl.model.store).
@@ -26,19 +28,27 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from snnl.scoring.conformal import Calibration
-from snnl.model.detector import DEFAULT_BATCH_SIZE, Detector
 from snnl.core.distances import Distance
-from snnl.errors import InputError
-from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
-from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.manifest import CALIBRATION_FILE, LayerSpec, Manifest, Nonconformity, ONNX_FILE, REFERENCE_FILE, check_name
-from snnl.model.store import write_model
-from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
-from snnl.scoring.batch import Samples, num_rows, row_chunks
-from snnl.scoring.results import ScoreResult
-from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.temperature import entanglement
+from snnl.errors import InputError
+from snnl.model.detector import DEFAULT_BATCH_SIZE, Detector
+from snnl.model.manifest import (
+    CALIBRATION_FILE,
+    ONNX_FILE,
+    REFERENCE_FILE,
+    LayerSpec,
+    Manifest,
+    Nonconformity,
+    check_name,
+)
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.model.store import write_model
+from snnl.scoring.batch import Samples, num_rows, row_chunks
+from snnl.scoring.conformal import Calibration
+from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
+from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
+from snnl.scoring.results import ScoreResult
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 
 DEFAULT_NONCONFORMITY = "neighbor-mass"
@@ -169,7 +179,9 @@ def build_model(
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration
-        result = ScoreResult.concatenate(list(calibrated.score_in_batches(test[0], DEFAULT_BATCH_SIZE)))
+        result = ScoreResult.concatenate(
+            list(calibrated.score_in_batches(test[0], DEFAULT_BATCH_SIZE))
+        )
         manifest.provenance["test"] = {
             "size": len(result),
             "accuracy": float(np.mean(result.prediction == test[1])),
