@@ -1,10 +1,11 @@
-"""``snnl score``: score the samples of an .npz file, one JSON object per sample.
+"""``snnl score``: score the samples of an .npz or .npy file, one JSON object per sample.
 
     snnl score --repository models --model digits-mlp FILE.npz [--out FILE.jsonl]
-    snnl score --url http://127.0.0.1:8000 --model digits-mlp FILE.npz
+    snnl score --url http://127.0.0.1:8000 --model digits-mlp FILE.npy
 
-FILE.npz holds x (N, *input_shape). For an embedding-only model x holds the embeddings (N, d) of
-its single layer, or, with several layers, one key per layer name. Each output line is the HTTP
+FILE.npz holds x (N, *input_shape); FILE.npy is that one array (as the HTTP API takes it). For an
+embedding-only model x holds the embeddings (N, d) of its single layer, or, with several layers,
+an .npz with one key per layer name. Each output line is the HTTP
 API's result object; a progress bar (on a terminal) and a summary go to stderr. With --url a
 running service scores (the Python client, the API key from SNNL_API_KEY) instead of a local model.
 """
@@ -35,11 +36,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``snnl score``."""
     parser = subparsers.add_parser(
         "score",
-        help="score an .npz of samples (or embeddings) against a model; JSON lines out",
+        help="score an .npz or .npy of samples (or embeddings) against a model; JSON lines out",
         description=__doc__.split("\n\n", 1)[1].strip(),
     )
     parser.add_argument(
-        "data", type=Path, metavar="FILE.npz", help="x (N, *input_shape), or embeddings"
+        "data",
+        type=Path,
+        metavar="FILE",
+        help=".npz with x (N, *input_shape) or embeddings, or .npy holding x alone",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--repository", type=Path, help="the model repository")
@@ -67,9 +71,9 @@ def _read(
 ) -> np.ndarray | dict[str, np.ndarray]:
     """The samples, or for an embedding-only model {layer: (N, d)}, from ``path`` (checked
     later, before anything is scored)."""
-    from snnl.training.data import read_npz_arrays
+    from snnl.training.data import read_sample_arrays
 
-    arrays = read_npz_arrays(path)
+    arrays = read_sample_arrays(path)
     if input_shape is not None or len(layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
