@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from snnl.core.distances import Distance, check_distance, pairwise_distances_prepared, prepare
+from snnl.core.distances import Distance, check_distance, distance_of
 from snnl.core.functional import per_row_snnl_from_distances
 from snnl.core.temperature import entanglement
 from snnl.errors import InputError
@@ -105,14 +105,15 @@ def snnl_and_knn_accuracy(
     """(SNNL at ``temperature`` or None, leave-one-out k-NN accuracy) of rows h (N, d), y (N,)."""
     n = h.shape[0]
     k = min(k, n - 1)
-    x = prepare(torch.from_numpy(h), distance)
+    metric = distance_of(distance)
+    x = metric.prepare(torch.from_numpy(h))
     labels = torch.from_numpy(y)
     num_classes = int(labels.max()) + 1
     terms: list[torch.Tensor] = []
     correct = 0
     for start in range(0, n, _ROW_CHUNK):
         rows = torch.arange(start, min(start + _ROW_CHUNK, n))
-        dist = pairwise_distances_prepared(x[rows], x, distance)
+        dist = metric.pairwise(x[rows], x)
         if temperature is not None:
             row_terms, has_partner = per_row_snnl_from_distances(
                 dist, labels, temperature, rows=rows

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.core.kernel import Term, class_mean_log_mass
+from snnl.core.class_mass import class_mean_log_mass
+from snnl.core.distances import distance_of
+from snnl.core.kernel import Term
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
 from snnl.scoring.conformal import mass_nonconformity
@@ -51,7 +53,7 @@ def test_leave_one_out_class_mass_matches_loop(
         torch.from_numpy(ref),
         torch.from_numpy(y),
         3,
-        Term(distance, 0.5),  # type: ignore[arg-type]
+        Term(distance_of(distance), 0.5),
         torch.from_numpy(ref[skip.numpy()]),
         torch.from_numpy(y[skip.numpy()]),
         chunk_size,
@@ -110,7 +112,7 @@ def test_far_and_off_class_samples_are_less_conforming(
 ) -> None:
     ref, y, _ = data
     spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
-    terms = [Term(t.distance, t.temperature) for t in spec.terms]
+    terms = [Term(distance_of(t.distance), t.temperature) for t in spec.terms]
 
     def a(x: np.ndarray, c: np.ndarray) -> np.ndarray:
         m = [
