@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from service.errors import InvalidInput, MalformedRequest, UnsupportedMediaType
-from snnl.scoring.batch import Samples
+from snnl.scoring.batch import CheckedBatch
 from snnl.scoring.validation import check_embeddings, check_inputs
 
 NPY_MEDIA_TYPE = "application/x-npy"
@@ -115,7 +115,7 @@ def parse_npy(body: bytes) -> np.ndarray:
     return value
 
 
-def model_batch(inputs: Any, embeddings: Any, spec: InputSpec) -> Samples:
+def model_batch(inputs: Any, embeddings: Any, spec: InputSpec) -> CheckedBatch:
     """The batch of a JSON request: ``inputs`` for a model, ``embeddings`` for embedding-only."""
     if spec.input_shape is not None:
         if inputs is None:
@@ -126,7 +126,7 @@ def model_batch(inputs: Any, embeddings: Any, spec: InputSpec) -> Samples:
     return check_embeddings(embeddings, spec.layer_dims)
 
 
-def npy_batch(array: np.ndarray, spec: InputSpec) -> Samples:
+def npy_batch(array: np.ndarray, spec: InputSpec) -> CheckedBatch:
     """The batch of an ``.npy`` body: the samples, or the embeddings of a one-layer model."""
     if spec.input_shape is not None:
         return check_inputs(array, spec.input_shape)

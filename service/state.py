@@ -42,7 +42,7 @@ from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
 from snnl.model.store import list_models, manifest_fingerprint
-from snnl.scoring.batch import Samples, slice_rows
+from snnl.scoring.batch import CheckedBatch, slice_rows
 from snnl.scoring.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
@@ -71,20 +71,19 @@ class ServedModel:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.detector.class_names)
 
-    async def evaluate(self, samples: Samples, labels: np.ndarray) -> dict[str, Any]:
+    async def evaluate(self, samples: CheckedBatch, labels: np.ndarray) -> dict[str, Any]:
         """Embedding evaluation of a labeled batch, run in the model's scoring thread (its
         samples count against the model's queue: 413 / 503 as for scoring)."""
-        given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
-        evaluate = partial(evaluate_detector, self.detector, labels, validated=True, **given)
+        evaluate = partial(evaluate_detector, self.detector, labels, samples)
         evaluation = await self.batcher.call(evaluate, size=len(labels))
         return evaluation.to_dict()
 
 
 def _score_call(detector: Detector) -> ScoreFn[ScoreResult]:
-    """``score(samples, alpha, neighbors)`` for the batcher. Every batch it sees was validated
+    """``score(samples, alpha, neighbors)`` for the batcher. Every batch it sees was checked
     once, when its request was parsed (service.payload, with the same checks as the Detector),
-    or built valid by the warm-up, so the Detector does not check it again."""
-    return lambda s, alpha, k: detector.score_samples(s, alpha=alpha, neighbors=k, validated=True)
+    or by the warm-up: a checked batch, which the Detector does not check again."""
+    return lambda s, alpha, k: detector.score(s, alpha=alpha, neighbors=k)
 
 
 def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
@@ -94,17 +93,43 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     borrow real rows would hash and copy the whole file again before /readyz)."""
     if detector.input_shape is None:
         rng = np.random.default_rng(0)
-        batch: Samples = {
-            layer: rng.standard_normal((batch_size, dim), dtype=np.float32)
-            for layer, dim in _layer_dims(detector).items()
-        }
+        batch = detector.check(
+            {
+                layer: rng.standard_normal((batch_size, dim), dtype=np.float32)
+                for layer, dim in _layer_dims(detector).items()
+            }
+        )
     else:
-        batch = np.zeros((batch_size, *detector.input_shape), dtype=np.float32)
+        batch = detector.check(np.zeros((batch_size, *detector.input_shape), dtype=np.float32))
     score = _score_call(detector)
     one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
         score(batch, None, 0)
         score(one, None, 0)
+
+
+def _load_detector(s: Settings, name: str) -> Detector:
+    """The model ``name`` of the repository, its reference rows sharded over Ray actors when
+    ``s.shards`` >= 1."""
+    if s.shards:
+        from snnl.sharding import load_sharded_detector
+
+        return load_sharded_detector(
+            s.model_repository,
+            name,
+            shards=s.shards,
+            ray_address=s.ray_address,
+            device=s.device,
+            threads=s.scoring_threads,
+            compute_dtype=s.compute_dtype,
+        )
+    return Detector.load(
+        s.model_repository,
+        name,
+        device=s.device,
+        threads=s.scoring_threads,
+        compute_dtype=s.compute_dtype,
+    )
 
 
 def _layer_dims(detector: Detector) -> dict[str, int]:
@@ -388,16 +413,7 @@ class ServiceState:
 
     async def _load(self, name: str) -> ServedModel:
         s = self.settings
-        detector = await asyncio.to_thread(
-            Detector.load,
-            s.model_repository,
-            name,
-            device=s.device,
-            threads=s.scoring_threads,
-            compute_dtype=s.compute_dtype,
-            shards=s.shards,
-            ray_address=s.ray_address,
-        )
+        detector = await asyncio.to_thread(_load_detector, s, name)
         info, calibration = _describe(detector)
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
             name,

@@ -29,7 +29,7 @@ from service.v2_tensors import (
     encode_response,
 )
 from snnl import __version__
-from snnl.scoring.batch import Samples, num_rows
+from snnl.scoring.batch import CheckedBatch, num_rows
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.validation import check_embeddings, check_neighbors
 
@@ -201,7 +201,7 @@ def _check_version(served: ServedModel, version: str) -> None:
         )
 
 
-def _samples(tensors: dict[str, np.ndarray], served: ServedModel) -> Samples:
+def _samples(tensors: dict[str, np.ndarray], served: ServedModel) -> CheckedBatch:
     """The batch: the ``inputs`` tensor, or one tensor per layer, checked as /v1 checks them."""
     if served.spec.input_shape is None:
         return check_embeddings(tensors, served.spec.layer_dims)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.metrics import ScoredBatch
-from snnl.scoring.batch import Samples, concat_rows
+from snnl.scoring.batch import CheckedBatch, concat_rows
 
 BatchKey = tuple[float | None, int]
 """(alpha, neighbors): requests are merged into one scoring call only when these agree."""
@@ -33,7 +33,7 @@ class Result(ScoredBatch, Protocol):
     def concatenate(cls: type[R], parts: Sequence[R]) -> R: ...
 
 
-ScoreFn = Callable[[Samples, float | None, int], R]
+ScoreFn = Callable[[CheckedBatch, float | None, int], R]
 """``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
 
 
@@ -45,7 +45,7 @@ class BatchError(RuntimeError):
 class Part:
     """One queued chunk as the worker sees it: its rows, their count, its scoring arguments."""
 
-    samples: Samples
+    samples: CheckedBatch
     size: int
     key: BatchKey
 

@@ -44,12 +44,12 @@ from snnl.model.manifest import (
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.model.store import write_model
-from snnl.scoring.batch import Samples, num_rows, row_chunks
+from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
 from snnl.scoring.conformal import Calibration
 from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
 from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
-from snnl.scoring.results import ScoreResult
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
+from snnl.scoring.validation import check_embeddings, check_inputs
 
 DEFAULT_NONCONFORMITY = "neighbor-mass"
 ENTANGLEMENT_POINTS = 1000  # reference rows (stratified) for T* and the entanglement
@@ -84,15 +84,14 @@ def default_created() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def calibration_scores(detector: Detector, inputs: Samples) -> tuple[np.ndarray, np.ndarray]:
+def calibration_scores(detector: Detector, inputs: CheckedBatch) -> tuple[np.ndarray, np.ndarray]:
     """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
     in batches."""
-    checked = detector.check_samples(inputs)
     log_score, a = [], []
-    for rows in row_chunks(checked, DEFAULT_BATCH_SIZE):
-        scores = detector.raw_scores(rows, validated=True)
+    for rows in row_chunks(inputs, DEFAULT_BATCH_SIZE):
+        scores = detector.uncalibrated_scores(rows)
         log_score.append(scores.log_score)
-        a.append(detector.nonconformity(scores))
+        a.append(detector.manifest.nonconformity.apply(scores))
     return np.concatenate(log_score), np.concatenate(a)
 
 
@@ -168,20 +167,23 @@ def build_model(
     target = resolve_device(device)
     reference_bytes = reference.to_bytes(recipe.reference_dtype)
     served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
+    calibration_batch = (
+        check_embeddings(calibration_inputs, served.dims())
+        if recipe.input_shape is None
+        else check_inputs(calibration_inputs, tuple(recipe.input_shape))
+    )
     try:
-        manifest = _manifest(recipe, served, num_rows(calibration_inputs), seed)
+        manifest = _manifest(recipe, served, len(calibration_batch), seed)
     except ValidationError as err:
         lines = str(err).splitlines()
         raise InputError(f"manifest of {recipe.name!r}: {'; '.join(lines[:3])}") from err
     runner = None if onnx_model is None else OnnxRunner(onnx_model, served.layers, target)
     detector = Detector(manifest, reference=served, calibration=None, runner=runner, device=target)
-    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_inputs))
+    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_batch))
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration
-        result = ScoreResult.concatenate(
-            list(calibrated.score_in_batches(test[0], DEFAULT_BATCH_SIZE))
-        )
+        result = calibrated.score(detector.check(test[0]), batch_size=DEFAULT_BATCH_SIZE)
         manifest.provenance["test"] = {
             "size": len(result),
             "accuracy": float(np.mean(result.prediction == test[1])),

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from snnl.client import Client
-    from snnl.scoring.batch import Samples
+    from snnl.scoring.batch import CheckedBatch
 
 Records = list[dict[str, Any]]
 
@@ -106,14 +106,16 @@ def _output(args: argparse.Namespace, batches: Iterator[Records], total: int) ->
 
 
 def _remote_batches(
-    client: Client, samples: Samples, args: argparse.Namespace
+    client: Client, samples: CheckedBatch, args: argparse.Namespace
 ) -> Iterator[Records]:
-    import numpy as np
-
-    from snnl.scoring.batch import row_chunks
+    from snnl.scoring.batch import CheckedSamples, row_chunks
 
     for rows in row_chunks(samples, args.batch_size):
-        given = {"inputs": rows} if isinstance(rows, np.ndarray) else {"embeddings": rows}
+        given: dict[str, Any] = (
+            {"inputs": rows.x}
+            if isinstance(rows, CheckedSamples)
+            else {"embeddings": rows.features}
+        )
         records = client.score(args.model, alpha=args.alpha, neighbors=args.neighbors, **given)
         yield [dict(record) for record in records]
 
@@ -128,7 +130,7 @@ def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -
 
 def run(args: argparse.Namespace) -> int:
     """Score the file (locally, or with the service at ``--url``) and write JSON lines."""
-    from snnl.scoring.batch import num_rows
+    from snnl.scoring.batch import row_chunks
     from snnl.scoring.validation import check_alpha, check_neighbors
 
     if args.batch_size < 1:
@@ -141,11 +143,12 @@ def run(args: argparse.Namespace) -> int:
     data = _read(args.data, detector.input_shape, detector.layers)
     try:
         # The whole file is checked before anything is scored or the output file is opened.
-        results = detector.score_in_batches(
-            data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
+        checked = detector.check(data)
+        batches = (
+            detector.score(rows, alpha=alpha, neighbors=args.neighbors).to_records()
+            for rows in row_chunks(checked, args.batch_size)
         )
-        batches = (result.to_records() for result in results)
-        count, outliers = _output(args, batches, num_rows(data))
+        count, outliers = _output(args, batches, len(checked))
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
     _summary(count, outliers, detector.name, detector.version, alpha)
@@ -155,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_remote(args: argparse.Namespace) -> int:
     """Score through the service: the whole file is checked here first, as locally."""
     from snnl.client import Client  # httpx only when a service scores
-    from snnl.scoring.batch import num_rows
     from snnl.scoring.validation import check_embeddings, check_inputs
 
     with Client(args.url, api_key=os.environ.get("SNNL_API_KEY")) as client:
@@ -166,14 +168,14 @@ def _run_remote(args: argparse.Namespace) -> int:
         dims = {layer["name"]: layer["dim"] for layer in info["layers"]}
         data = _read(args.data, shape, list(dims))
         try:
-            checked: Samples = (
+            checked: CheckedBatch = (
                 check_embeddings(data, dims)
                 if isinstance(data, dict)
                 else check_inputs(data, shape or data.shape[1:])
             )
         except InputError as err:
             raise InputError(f"{args.data}: {err}") from err
-        count, outliers = _output(args, _remote_batches(client, checked, args), num_rows(checked))
+        count, outliers = _output(args, _remote_batches(client, checked, args), len(checked))
     alpha = info["alpha"] if args.alpha is None else args.alpha
     _summary(count, outliers, info["name"], info["version"], alpha)
     return 0

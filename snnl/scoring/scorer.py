@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -191,6 +192,31 @@ def finalize(
     )
 
 
+class Scorer(Protocol):
+    """What a ``Detector`` needs from its scorer: ``SoftNeighborScorer`` over rows on one
+    device, or ``snnl.sharding.scorer.ShardedScorer`` over rows held by Ray actors."""
+
+    @property
+    def reference_size(self) -> int:
+        """N, the number of reference rows (all shards together)."""
+        ...
+
+    def score(
+        self,
+        queries: Mapping[str, torch.Tensor],
+        predicted: torch.Tensor | None = None,
+        *,
+        k: int = 50,
+        neighbors: int = 0,
+    ) -> BatchScores:
+        """Scores of a batch {layer: (B, d_l)}; ``predicted`` (B,) or None (embedding-only)."""
+        ...
+
+    def unavailable(self) -> str | None:
+        """None when ``score`` can answer now; else why not."""
+        ...
+
+
 class SoftNeighborScorer:
     """Soft-neighbor scores over a fixed reference set (or a shard of it) held on one device.
 
@@ -269,6 +295,10 @@ class SoftNeighborScorer:
     def reference_size(self) -> int:
         """N, the number of reference rows (of this shard)."""
         return int(self.labels.shape[0])
+
+    def unavailable(self) -> str | None:
+        """Always None: the rows are in this process."""
+        return None
 
     @torch.inference_mode()
     def shard_sums(
