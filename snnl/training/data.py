@@ -97,15 +97,8 @@ def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
     except InputError:
         raise
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise InputError(
-                f"{path}: holds an object array, which numpy stores pickled; refused: "
-                "save numeric arrays only"
-            ) from err
-        raise InputError(f"{path}: damaged .npz archive ({err})") from err
-    except (OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: damaged .npz archive ({err})") from err
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise _load_error(path, ".npz archive", err) from err
 
 
 def read_sample_arrays(path: str | Path) -> dict[str, np.ndarray]:
@@ -123,15 +116,18 @@ def read_sample_arrays(path: str | Path) -> dict[str, np.ndarray]:
         return read_npz_arrays(path)
     try:
         return {"x": np.load(path, allow_pickle=False)}
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise InputError(
-                f"{path}: holds an object array, which numpy stores pickled; refused: "
-                "save numeric arrays only"
-            ) from err
-        raise InputError(f"{path}: damaged .npy file ({err})") from err
-    except (OSError, EOFError) as err:
-        raise InputError(f"{path}: damaged .npy file ({err})") from err
+    except (ValueError, OSError, EOFError) as err:
+        raise _load_error(path, ".npy file", err) from err
+
+
+def _load_error(path: Path, kind: str, err: Exception) -> InputError:
+    """What ``np.load(allow_pickle=False)`` refusing ``path`` means for the user."""
+    if isinstance(err, ValueError) and "pickle" in str(err):
+        return InputError(
+            f"{path}: holds an object array, which numpy stores pickled; refused: "
+            "save numeric arrays only"
+        )
+    return InputError(f"{path}: damaged {kind} ({err})")
 
 
 def read_npz(
