@@ -154,9 +154,8 @@ def score(detector: Detector, sets: dict[str, np.ndarray]) -> dict[str, Scores]:
     out = {}
     for name, x in sets.items():
         start = time.perf_counter()
-        parts = list(detector.score_in_batches(x, 2048))
-        a = np.concatenate([r.nonconformity for r in parts])
-        s = np.concatenate([r.soft_neighbor_score for r in parts])
+        result = detector.score(x, batch_size=2048)
+        a, s = result.nonconformity, result.soft_neighbor_score
         out[name] = Scores(a, s)
         log(f"scored {name}: {len(a)} samples in {time.perf_counter() - start:.1f} s")
     return out

@@ -37,6 +37,7 @@ from snnl.model.detector import Detector
 from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.reference import ReferenceSet
 from snnl.model.store import load_manifest, write_model
+from snnl.sharding import load_sharded_detector
 
 LAYER = "embedding"
 
@@ -112,7 +113,7 @@ def overhead(repo: Path, name: str, args: argparse.Namespace) -> None:
     dets, notes = [local], [f"{held:.0f} MB in this process"]
     for shards in args.shards:
         start = time.perf_counter()
-        det = Detector.load(repo, name, device="cpu", shards=shards)
+        det = load_sharded_detector(repo, name, device="cpu", shards=shards)
         load = time.perf_counter() - start
         got = det.score_embeddings(batch, neighbors=10)
         worst = np.max(np.abs(got.soft_neighbor_score / expected.soft_neighbor_score - 1))
@@ -144,7 +145,7 @@ def replicas(repo: Path, name: str, args: argparse.Namespace) -> None:
     batch = {LAYER: rng.normal(size=(args.batch, args.dim)).astype(np.float32)}
     for shared in (True, False):
         sets = 1 if shared else args.replicas
-        dets = [Detector.load(repo, name, device="cpu", shards=2) for _ in range(sets)]
+        dets = [load_sharded_detector(repo, name, device="cpu", shards=2) for _ in range(sets)]
         for det in dets:
             det.score_embeddings(batch)
         done = [0] * args.replicas

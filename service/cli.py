@@ -13,7 +13,7 @@ import socket
 from snnl.errors import InputError
 
 # (setting, flag, metavar, help); the setting's environment variable is SNNL_<SETTING>, its
-# default is the one of service.settings.Settings.
+# default is the one of service.defaults.DEFAULTS.
 FLAGS: tuple[tuple[str, str, str, str], ...] = (
     ("model_repository", "--repository", "DIR", "model repository folder"),
     ("host", "--host", "HOST", "address to bind"),
@@ -42,9 +42,9 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
 
 def _default(setting: str) -> str:
     """The default of ``setting`` as the help shows it."""
-    from service.settings import Settings
+    from service.defaults import DEFAULTS
 
-    value = Settings.model_fields[setting].default
+    value = DEFAULTS[setting]
     if value is None or value == ():
         return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)

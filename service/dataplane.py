@@ -30,7 +30,7 @@ from starlette.requests import Request
 from service.http.disconnect import unless_disconnected
 from service.http.errors import InvalidInput
 from service.runtime.models import InputSpec, ServedModel, ServiceState
-from snnl.scoring.batch import Samples, num_rows
+from snnl.scoring.batch import CheckedBatch, num_rows
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.validation import check_embeddings, check_inputs, check_neighbors
 
@@ -67,7 +67,7 @@ class Given:
         return cls(inputs=samples, embeddings=tensors, tensors=names)
 
 
-def checked_samples(spec: InputSpec, given: Given) -> Samples:
+def checked_samples(spec: InputSpec, given: Given) -> CheckedBatch:
     """The batch of ``given`` for a model taking ``spec``: samples (B, *input_shape) float32 for a
     model with a network, {layer: (B, d_l) float32} for an embedding-only model; 422 naming the
     field otherwise. The choice between the two is made here and nowhere else."""

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.defaults import DEFAULTS
+
 MIN_API_KEY_LENGTH = 16
 
 
@@ -20,115 +22,124 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SNNL_", extra="forbid", frozen=True)
 
     model_repository: Path = Field(
-        Path("models"), description="Model repository: one folder a model."
+        DEFAULTS["model_repository"], description="Model repository: one folder a model."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where models run: auto picks cuda when a GPU is present."
+        DEFAULTS["device"], description="Where models run: auto picks cuda when a GPU is present."
     )
     max_batch_size: int = Field(
-        128, ge=1, le=8192, description="Most samples one scoring call of a model runs at once."
+        DEFAULTS["max_batch_size"],
+        ge=1,
+        le=8192,
+        description="Most samples one scoring call of a model runs at once.",
     )
     max_batch_wait_ms: float = Field(
-        2.0,
+        DEFAULTS["max_batch_wait_ms"],
         ge=0.0,
         le=1000.0,
         description="Longest a queued sample waits for others to fill its batch (0: no wait).",
     )
     max_queue: int = Field(
-        4096,
+        DEFAULTS["max_queue"],
         ge=1,
         le=1_000_000,
         description="Most samples waiting per model (503 when full; 413 for larger requests).",
     )
     max_request_bytes: int = Field(
-        16 * 1024 * 1024,
+        DEFAULTS["max_request_bytes"],
         ge=1024,
         le=1024 * 1024 * 1024,
         description="Largest request body in bytes (413 beyond it), enforced while reading.",
     )
     request_timeout_s: float = Field(
-        30.0, gt=0.0, le=3600.0, description="Longest a request waits for its scores (then 503)."
+        DEFAULTS["request_timeout_s"],
+        gt=0.0,
+        le=3600.0,
+        description="Longest a request waits for its scores (then 503).",
     )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (),
+        DEFAULTS["api_keys"],
         description="Comma-separated API keys; when set, /v1/* needs one as "
         "'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
     )
     api_keys_file: Path | None = Field(
-        None,
+        DEFAULTS["api_keys_file"],
         description="File of API keys, one a line ('#' comments); re-read when it changes and "
         "on SIGHUP, so keys rotate without a restart. Its keys add to api_keys.",
     )
     shutdown_drain_s: float = Field(
-        5.0,
+        DEFAULTS["shutdown_drain_s"],
         ge=0.0,
         le=600.0,
         description="On SIGTERM, how long /readyz answers 503 while requests are still served "
         "(load balancers stop sending), before the listening socket closes.",
     )
     shutdown_grace_s: float = Field(
-        20.0,
+        DEFAULTS["shutdown_grace_s"],
         gt=0.0,
         le=3600.0,
         description="After the socket closes, how long accepted requests may take to finish "
         "before they are cancelled and the process exits.",
     )
     repository_poll_s: float = Field(
-        0.0,
+        DEFAULTS["repository_poll_s"],
         ge=0.0,
         le=86400.0,
         description="Every so many seconds, reload models that were added, changed or removed "
         "in the repository (0: only on SIGHUP or POST /v1/admin/reload).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Level of the JSON log lines."
+        DEFAULTS["log_level"], description="Level of the JSON log lines."
     )
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind.")
+    host: str = Field(DEFAULTS["host"], min_length=1, description="Address to bind.")
     port: int = Field(
-        8000, ge=0, le=65535, description="Port to bind (0: any free port, named in the log)."
+        DEFAULTS["port"],
+        ge=0,
+        le=65535,
+        description="Port to bind (0: any free port, named in the log).",
     )
     scoring_threads: int = Field(
-        1,
+        DEFAULTS["scoring_threads"],
         ge=1,
         le=256,
         description="Intra-op threads of each model's scoring worker (keep the event loop fed).",
     )
     warmup_iterations: int = Field(
-        2,
+        DEFAULTS["warmup_iterations"],
         ge=1,
         le=100_000,
         description="Full-size scoring calls per model before /readyz turns 200.",
     )
 
     shards: int = Field(
-        0,
+        DEFAULTS["shards"],
         ge=0,
         le=4096,
         description="Split every model's reference rows over this many Ray actors (0: keep them "
         "in this process); scores are the same.",
     )
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32",
+        DEFAULTS["compute_dtype"],
         description="Dtype of the reference products: float32 (exact to float32 rounding), or "
         "bfloat16 / float16 (faster on hardware that has them; p-values move by up to 0.07 / "
         "0.015, docs/performance.md).",
     )
     ray_address: str | None = Field(
-        None,
+        DEFAULTS["ray_address"],
         min_length=1,
         description="Ray cluster of the shards: 'auto', 'ray://HOST:10001' or HOST:PORT (unset: a "
         "private local cluster, or RAY_ADDRESS); used only with shards.",
     )
 
     gzip_min_bytes: int = Field(
-        1024,
+        DEFAULTS["gzip_min_bytes"],
         ge=0,
         le=1024 * 1024 * 1024,
         description="Responses of at least this many bytes are gzip-compressed for clients that "
         "send 'Accept-Encoding: gzip'.",
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
+        DEFAULTS["cors_origins"],
         description="Comma-separated origins browsers may call the API from ('*': any); "
         "empty (default): no CORS headers.",
     )

@@ -36,7 +36,7 @@ import numpy as np
 from service.http.errors import TooLarge, Unavailable
 from service.http.metrics import ServiceMetrics, observe_many
 from service.runtime.runner import BatchRunner, Part, R, ScoreFn
-from snnl.scoring.batch import Samples, num_rows, slice_rows
+from snnl.scoring.batch import CheckedBatch, num_rows, slice_rows
 
 T = TypeVar("T")
 
@@ -138,7 +138,7 @@ class DynamicBatcher(Generic[R]):
         )
 
     async def submit(
-        self, samples: Samples, *, alpha: float | None = None, neighbors: int = 0
+        self, samples: CheckedBatch, *, alpha: float | None = None, neighbors: int = 0
     ) -> R:
         """Score ``samples`` (B >= 1 rows) within a merged batch; rows come back in order."""
         n = num_rows(samples)

@@ -41,7 +41,7 @@ from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
 from snnl.model.store import list_models, manifest_fingerprint
-from snnl.scoring.batch import Samples, slice_rows
+from snnl.scoring.batch import CheckedBatch, slice_rows
 from snnl.scoring.results import ScoreResult
 
 logger = logging.getLogger("snnl.service")
@@ -78,7 +78,7 @@ class ServedModel:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.detector.class_names)
 
-    async def evaluate(self, samples: Samples, labels: np.ndarray) -> dict[str, Any]:
+    async def evaluate(self, samples: CheckedBatch, labels: np.ndarray) -> dict[str, Any]:
         """Embedding evaluation of a labeled batch, run in the model's scoring thread (its
         samples count against the model's queue: 413 / 503 as for scoring)."""
         evaluate = evaluate_call(self.detector, samples, labels)
@@ -86,19 +86,46 @@ class ServedModel:
         return evaluation.to_dict()
 
 
+def _load_detector(s: Settings, name: str) -> Detector:
+    """The model ``name`` of the repository, its reference rows sharded over Ray actors when
+    ``s.shards`` >= 1."""
+    if s.shards:
+        from snnl.sharding import load_sharded_detector
+
+        return load_sharded_detector(
+            s.model_repository,
+            name,
+            shards=s.shards,
+            ray_address=s.ray_address,
+            device=s.device,
+            threads=s.scoring_threads,
+            compute_dtype=s.compute_dtype,
+        )
+    return Detector.load(
+        s.model_repository,
+        name,
+        device=s.device,
+        threads=s.scoring_threads,
+        compute_dtype=s.compute_dtype,
+    )
+
+
 def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     """Real scoring calls at full batch size and at 1 sample (allocations, kernels, caches).
 
     Embedding-only models get standard normal rows (reading the reference back from disk to
     borrow real rows would hash and copy the whole file again before /readyz)."""
+    batch: CheckedBatch
     if detector.input_shape is None:
         rng = np.random.default_rng(0)
-        batch: Samples = {
-            layer: rng.standard_normal((batch_size, dim), dtype=np.float32)
-            for layer, dim in _layer_dims(detector).items()
-        }
+        batch = detector.check(
+            {
+                layer: rng.standard_normal((batch_size, dim), dtype=np.float32)
+                for layer, dim in _layer_dims(detector).items()
+            }
+        )
     else:
-        batch = np.zeros((batch_size, *detector.input_shape), dtype=np.float32)
+        batch = detector.check(np.zeros((batch_size, *detector.input_shape), dtype=np.float32))
     score = score_call(detector)
     one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
@@ -383,16 +410,7 @@ class ServiceState:
 
     async def _load(self, name: str) -> ServedModel:
         s = self.settings
-        detector = await asyncio.to_thread(
-            Detector.load,
-            s.model_repository,
-            name,
-            device=s.device,
-            threads=s.scoring_threads,
-            compute_dtype=s.compute_dtype,
-            shards=s.shards,
-            ray_address=s.ray_address,
-        )
+        detector = await asyncio.to_thread(_load_detector, s, name)
         info, calibration = _describe(detector)
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
             name,

@@ -22,7 +22,7 @@ import numpy as np
 from service.http.metrics import ScoredBatch
 from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_detector
 from snnl.model.detector import Detector
-from snnl.scoring.batch import Samples, concat_rows
+from snnl.scoring.batch import CheckedBatch, concat_rows
 from snnl.scoring.results import ScoreResult
 
 BatchKey = tuple[float | None, int]
@@ -42,7 +42,7 @@ class Result(ScoredBatch, Protocol):
     def concatenate(cls: type[R], parts: Sequence[R]) -> R: ...
 
 
-ScoreFn = Callable[[Samples, float | None, int], R]
+ScoreFn = Callable[[CheckedBatch, float | None, int], R]
 """``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
 
 
@@ -51,16 +51,15 @@ def score_call(detector: Detector) -> ScoreFn[ScoreResult]:
     was checked once, when its request was decoded (``service.dataplane.checked_samples``, with
     the Detector's own checks), or built valid by the warm-up, so the Detector does not check it
     again."""
-    return lambda s, alpha, k: detector.score_samples(s, alpha=alpha, neighbors=k, validated=True)
+    return lambda s, alpha, k: detector.score(s, alpha=alpha, neighbors=k)
 
 
 def evaluate_call(
-    detector: Detector, samples: Samples, labels: np.ndarray
+    detector: Detector, samples: CheckedBatch, labels: np.ndarray
 ) -> Callable[[], EmbeddingEvaluation]:
     """The embedding evaluation of checked ``samples`` with class indices ``labels`` (B,), to
     run in the model's scoring thread."""
-    given = {"inputs": samples} if isinstance(samples, np.ndarray) else {"embeddings": samples}
-    return partial(evaluate_detector, detector, labels, validated=True, **given)
+    return partial(evaluate_detector, detector, labels, samples)
 
 
 class BatchError(RuntimeError):
@@ -71,7 +70,7 @@ class BatchError(RuntimeError):
 class Part:
     """One queued chunk as the worker sees it: its rows, their count, its scoring arguments."""
 
-    samples: Samples
+    samples: CheckedBatch
     size: int
     key: BatchKey
 

@@ -4,10 +4,12 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
 
 1. the reference set is serialized at the requested dtype and read back, so everything below
    sees exactly the values that will be served (float16 rounding included);
-2. each layer's temperature is chosen from the reference set alone (snnl.scoring.temperature_rule), and
-   so are the terms of the neighbor-mass nonconformity (snnl.scoring.neighbor_mass), the default kind;
+2. each layer's temperature is chosen from the reference set alone
+   (snnl.scoring.temperature_rule), and so are the terms of the neighbor-mass nonconformity
+   (snnl.scoring.neighbor_mass), the default kind;
 3. the calibration inputs are scored by the same Detector code a query goes through, and the
-   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept (snnl.scoring.conformal);
+   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept
+   (snnl.scoring.conformal);
 4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
    manifest's provenance;
 5. the folder is written atomically with sha256s (snnl.model.store).
@@ -26,20 +28,28 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from snnl.scoring.conformal import Calibration
-from snnl.model.detector import DEFAULT_BATCH_SIZE, Detector
 from snnl.core.distances import Distance
-from snnl.errors import InputError
-from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
-from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.manifest import CALIBRATION_FILE, LayerSpec, Manifest, Nonconformity, ONNX_FILE, REFERENCE_FILE, check_name
-from snnl.model.store import write_model
-from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
-from snnl.scoring.batch import Samples, num_rows, row_chunks
-from snnl.scoring.results import ScoreResult
-from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.temperature import entanglement
+from snnl.errors import InputError
+from snnl.model.detector import DEFAULT_BATCH_SIZE, Detector
+from snnl.model.manifest import (
+    CALIBRATION_FILE,
+    ONNX_FILE,
+    REFERENCE_FILE,
+    LayerSpec,
+    Manifest,
+    Nonconformity,
+    check_name,
+)
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.model.store import write_model
+from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
+from snnl.scoring.conformal import Calibration
+from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
+from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
+from snnl.scoring.validation import check_embeddings, check_inputs
 
 DEFAULT_NONCONFORMITY = "neighbor-mass"
 ENTANGLEMENT_POINTS = 1000  # reference rows (stratified) for T* and the entanglement
@@ -74,15 +84,14 @@ def default_created() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def calibration_scores(detector: Detector, inputs: Samples) -> tuple[np.ndarray, np.ndarray]:
+def calibration_scores(detector: Detector, inputs: CheckedBatch) -> tuple[np.ndarray, np.ndarray]:
     """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
     in batches."""
-    checked = detector.check_samples(inputs)
     log_score, a = [], []
-    for rows in row_chunks(checked, DEFAULT_BATCH_SIZE):
-        scores = detector.raw_scores(rows, validated=True)
+    for rows in row_chunks(inputs, DEFAULT_BATCH_SIZE):
+        scores = detector.uncalibrated_scores(rows)
         log_score.append(scores.log_score)
-        a.append(detector.nonconformity(scores))
+        a.append(detector.manifest.nonconformity.apply(scores))
     return np.concatenate(log_score), np.concatenate(a)
 
 
@@ -158,18 +167,23 @@ def build_model(
     target = resolve_device(device)
     reference_bytes = reference.to_bytes(recipe.reference_dtype)
     served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
+    calibration_batch = (
+        check_embeddings(calibration_inputs, served.dims())
+        if recipe.input_shape is None
+        else check_inputs(calibration_inputs, tuple(recipe.input_shape))
+    )
     try:
-        manifest = _manifest(recipe, served, num_rows(calibration_inputs), seed)
+        manifest = _manifest(recipe, served, len(calibration_batch), seed)
     except ValidationError as err:
         lines = str(err).splitlines()
         raise InputError(f"manifest of {recipe.name!r}: {'; '.join(lines[:3])}") from err
     runner = None if onnx_model is None else OnnxRunner(onnx_model, served.layers, target)
     detector = Detector(manifest, reference=served, calibration=None, runner=runner, device=target)
-    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_inputs))
+    calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_batch))
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration
-        result = ScoreResult.concatenate(list(calibrated.score_in_batches(test[0], DEFAULT_BATCH_SIZE)))
+        result = calibrated.score(detector.check(test[0]), batch_size=DEFAULT_BATCH_SIZE)
         manifest.provenance["test"] = {
             "size": len(result),
             "accuracy": float(np.mean(result.prediction == test[1])),

@@ -2,8 +2,8 @@
 
 An ``.npz`` with ``x`` (N, d) and integer labels ``y`` (N,) is split, stratified and seeded, into
 a reference part and a calibration part (``calibration_fraction`` of the rows); the layer's
-temperature comes from the reference part (snnl.scoring.temperature_rule). Clients then send the same
-encoder's embeddings to ``Detector.score_embeddings({layer: (B, d)})``.
+temperature comes from the reference part (snnl.scoring.temperature_rule). Clients then send the
+same encoder's embeddings to ``Detector.score_embeddings({layer: (B, d)})``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from snnl.build.assemble import DEFAULT_NONCONFORMITY, ModelRecipe, build_model
-from snnl.training.data import read_npz
 from snnl.core.distances import Distance
 from snnl.errors import InputError
-from snnl.scoring.neighbor_mass import GEOMETRIES
-from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.manifest import Manifest
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.scoring.temperature_rule import DEFAULT_RULE
+from snnl.training.data import read_npz
 
 DEFAULT_LAYER = "embedding"
 

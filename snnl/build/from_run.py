@@ -26,12 +26,12 @@ from torch import nn
 from snnl import __version__
 from snnl.build.assemble import DEFAULT_NONCONFORMITY, ModelRecipe, build_model
 from snnl.core.distances import Distance
-from snnl.errors import InputError, SnnlError
-from snnl.scoring.neighbor_mass import GEOMETRIES
-from snnl.model.reference import ReferenceSet, StorageDtype
-from snnl.model.manifest import Manifest
-from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.core.taps import LayerTaps
+from snnl.errors import InputError, SnnlError
+from snnl.model.manifest import Manifest
+from snnl.model.reference import ReferenceSet, StorageDtype
+from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.loop import load_run
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from snnl.model.detector import Detector
     from snnl.monitoring import Alarm, DriftMonitor, DriftSettings
-    from snnl.scoring.batch import Samples
+    from snnl.scoring.batch import CheckedBatch, Samples
 
 # Mirrors of snnl.monitoring.drift's defaults (checked equal by tests/cli/test_monitor_cli.py):
 # building the parser must not import numpy.
@@ -77,7 +77,7 @@ class Stream:
         return f"{self.paths[i].name} row {index - self.starts[i]}"
 
 
-def _read(path: Path, detector: Detector) -> Samples:
+def _read(path: Path, detector: Detector) -> CheckedBatch:
     """The checked samples of one file (InputError naming the file otherwise)."""
     from snnl.training.data import read_npz_arrays
 
@@ -95,7 +95,7 @@ def _read(path: Path, detector: Detector) -> Samples:
             if missing:
                 raise InputError(f"missing key {missing[0]!r} (one (N, d) array per layer)")
             samples = {layer: arrays[layer] for layer in layers}
-        return detector.check_samples(samples)
+        return detector.check(samples)
     except InputError as err:
         raise InputError(f"{path}: {err}") from err
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from snnl.monitoring import DriftMonitor
-    from snnl.scoring.batch import num_rows
+    from snnl.scoring.batch import num_rows, row_chunks
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     report = _Report(stream)
     with progress_bar(stream.total, desc="monitor", unit="sample") as bar:
         for samples in files:
-            for result in detector.score_in_batches(samples, args.batch_size):
+            for rows in row_chunks(samples, args.batch_size):
+                result = detector.score(rows)
                 state, path = model.trace(result.p_value)
                 paths.append(path)
                 for i, (name, monitor) in enumerate(layers.items()):

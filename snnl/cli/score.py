@@ -1,10 +1,11 @@
-"""``snnl score``: score the samples of an .npz file, one JSON object per sample.
+"""``snnl score``: score the samples of an .npz or .npy file, one JSON object per sample.
 
     snnl score --repository models --model digits-mlp FILE.npz [--out FILE.jsonl]
-    snnl score --url http://127.0.0.1:8000 --model digits-mlp FILE.npz
+    snnl score --url http://127.0.0.1:8000 --model digits-mlp FILE.npy
 
-FILE.npz holds x (N, *input_shape). For an embedding-only model x holds the embeddings (N, d) of
-its single layer, or, with several layers, one key per layer name. Each output line is the HTTP
+FILE.npz holds x (N, *input_shape); FILE.npy is that one array (as the HTTP API takes it). For an
+embedding-only model x holds the embeddings (N, d) of its single layer, or, with several layers,
+an .npz with one key per layer name. Each output line is the HTTP
 API's result object; a progress bar (on a terminal) and a summary go to stderr. With --url a
 running service scores (the Python client, the API key from SNNL_API_KEY) instead of a local model.
 """
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from snnl.client import Client
-    from snnl.scoring.batch import Samples
+    from snnl.scoring.batch import CheckedBatch
 
 Records = list[dict[str, Any]]
 
@@ -35,12 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``snnl score``."""
     parser = subparsers.add_parser(
         "score",
-        help="score an .npz of samples (or embeddings) against a model; JSON lines out",
+        help="score an .npz or .npy of samples (or embeddings) against a model; JSON lines out",
         description=__doc__.split("\n\n", 2)[2].strip(),
         epilog="examples:\n\n" + __doc__.split("\n\n", 2)[1],  # indented: kept as is
     )
     parser.add_argument(
-        "data", type=Path, metavar="FILE.npz", help="x (N, *input_shape), or embeddings"
+        "data",
+        type=Path,
+        metavar="FILE",
+        help=".npz with x (N, *input_shape) or embeddings, or .npy holding x alone",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--repository", type=Path, help="the model repository")
@@ -68,9 +72,9 @@ def _read(
 ) -> np.ndarray | dict[str, np.ndarray]:
     """The samples, or for an embedding-only model {layer: (N, d)}, from ``path`` (checked
     later, before anything is scored)."""
-    from snnl.training.data import read_npz_arrays
+    from snnl.training.data import read_sample_arrays
 
-    arrays = read_npz_arrays(path)
+    arrays = read_sample_arrays(path)
     if input_shape is not None or len(layers) == 1:
         if "x" not in arrays:
             raise InputError(f"{path}: missing key 'x' (the samples, (N, ...))")
@@ -103,14 +107,16 @@ def _output(args: argparse.Namespace, batches: Iterator[Records], total: int) ->
 
 
 def _remote_batches(
-    client: Client, samples: Samples, args: argparse.Namespace
+    client: Client, samples: CheckedBatch, args: argparse.Namespace
 ) -> Iterator[Records]:
-    import numpy as np
-
-    from snnl.scoring.batch import row_chunks
+    from snnl.scoring.batch import CheckedSamples, row_chunks
 
     for rows in row_chunks(samples, args.batch_size):
-        given = {"inputs": rows} if isinstance(rows, np.ndarray) else {"embeddings": rows}
+        given: dict[str, Any] = (
+            {"inputs": rows.x}
+            if isinstance(rows, CheckedSamples)
+            else {"embeddings": rows.features}
+        )
         records = client.score(args.model, alpha=args.alpha, neighbors=args.neighbors, **given)
         yield [dict(record) for record in records]
 
@@ -125,7 +131,7 @@ def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -
 
 def run(args: argparse.Namespace) -> int:
     """Score the file (locally, or with the service at ``--url``) and write JSON lines."""
-    from snnl.scoring.batch import num_rows
+    from snnl.scoring.batch import row_chunks
     from snnl.scoring.validation import check_alpha, check_neighbors
 
     if args.batch_size < 1:
@@ -138,11 +144,12 @@ def run(args: argparse.Namespace) -> int:
     data = _read(args.data, detector.input_shape, detector.layers)
     try:
         # The whole file is checked before anything is scored or the output file is opened.
-        results = detector.score_in_batches(
-            data, args.batch_size, alpha=args.alpha, neighbors=args.neighbors
+        checked = detector.check(data)
+        batches = (
+            detector.score(rows, alpha=alpha, neighbors=args.neighbors).to_records()
+            for rows in row_chunks(checked, args.batch_size)
         )
-        batches = (result.to_records() for result in results)
-        count, outliers = _output(args, batches, num_rows(data))
+        count, outliers = _output(args, batches, len(checked))
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
     _summary(count, outliers, detector.name, detector.version, alpha)
@@ -152,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_remote(args: argparse.Namespace) -> int:
     """Score through the service: the whole file is checked here first, as locally."""
     from snnl.client import Client  # httpx only when a service scores
-    from snnl.scoring.batch import num_rows
     from snnl.scoring.validation import check_embeddings, check_inputs
 
     with Client(args.url, api_key=os.environ.get("SNNL_API_KEY")) as client:
@@ -163,14 +169,14 @@ def _run_remote(args: argparse.Namespace) -> int:
         dims = {layer["name"]: layer["dim"] for layer in info["layers"]}
         data = _read(args.data, shape, list(dims))
         try:
-            checked: Samples = (
+            checked: CheckedBatch = (
                 check_embeddings(data, dims)
                 if isinstance(data, dict)
                 else check_inputs(data, shape or data.shape[1:])
             )
         except InputError as err:
             raise InputError(f"{args.data}: {err}") from err
-        count, outliers = _output(args, _remote_batches(client, checked, args), num_rows(checked))
+        count, outliers = _output(args, _remote_batches(client, checked, args), len(checked))
     alpha = info["alpha"] if args.alpha is None else args.alpha
     _summary(count, outliers, info["name"], info["version"], alpha)
     return 0

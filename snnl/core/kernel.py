@@ -36,23 +36,21 @@ every class (fewer, larger operations): both give the same bits.
 
 The k largest z of the first term (the nearest rows) are kept as a running top-k over chunks; a
 chunk is selected from only for the queries whose maximum over it beats their k-th largest so
-far (``_TopK``). The hard count needs only the labels of those k rows.
+far (snnl.core.topk). The hard count needs only the labels of those k rows.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from snnl.core.distances import Distance
+from snnl.core.distances import BaseDistance
+from snnl.core.logspace import EXP_FLOOR, log_add, merge_segment_sums, segment_log_sums
+from snnl.core.topk import RunningTopK
 
-EXP_FLOOR = -87.0  # exp(-87) is still a normal float32
-LOG_FLOOR = -1e12  # log mean kernel of a class with no rows (never for a fitted model's classes)
 _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 # BLAS picks its kernels by shape, and for a few query rows (GEMV, small-M paths) or a few
 # reference columns the per-element results depend on the shape and even on a row's position
@@ -73,7 +71,7 @@ PER_CLASS_ROWS = 16
 class Term:
     """One kernel exp(-D(h, r)/T) served from a layer's rows."""
 
-    distance: Distance
+    distance: BaseDistance
     temperature: float
 
 
@@ -82,38 +80,6 @@ def class_slices(sorted_labels: torch.Tensor, num_classes: int) -> list[tuple[in
     counts = torch.bincount(sorted_labels.cpu(), minlength=num_classes)
     ends = torch.cumsum(counts, 0).tolist()
     return [(end - int(count), end) for count, end in zip(counts, ends, strict=True)]
-
-
-def log_mean(log_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """log(sum / n) from log(sum) and n (same shape), floored at -1e12 (n = 0: no rows)."""
-    return (log_sum - count.to(log_sum.dtype).clamp_min(1.0).log()).clamp_min(LOG_FLOOR)
-
-
-def class_mean_log_mass(
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    term: Term,
-    h: torch.Tensor,
-    classes: torch.Tensor,
-    chunk_size: int,
-    exclude: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """m_i = log mean_{j: y_j = c_i, j != exclude_i} exp(-D(h_i, r_j) / T), (B,), floored at
-    -1e12, over label-sorted ``rows`` (N, d) with ``labels`` (N,), computed in their dtype (float16
-    in float32). ``h`` (B, d) raw queries, ``classes`` (B,), ``exclude`` (B,) optional rows left
-    out of the mean (leave-one-out)."""
-    dtype = compute_dtype_of(rows.dtype, None)
-    kernel = LayerKernel(rows, labels, num_classes, [term, term], dtype)  # term 1: a mass term
-    classes = classes.to(device=rows.device, dtype=torch.int64)
-    if exclude is not None:
-        exclude = exclude.to(rows.device)
-    result = kernel.partial(kernel.prepare(h), classes, 0, chunk_size, score=False, exclude=exclude)
-    log_sum = result.sums[1].gather(1, classes[:, None])[:, 0] - result.offsets[1]
-    count = torch.bincount(labels, minlength=num_classes).to(rows.device)[classes]
-    if exclude is not None:
-        count = count - (labels[exclude] == classes).to(count.dtype)
-    return log_mean(log_sum, count)
 
 
 def compute_dtype_of(stored: torch.dtype, compute: torch.dtype | None) -> torch.dtype:
@@ -151,54 +117,42 @@ class LayerKernel:
         # norms, bias and scales in float32 (float64 stays float64) whatever the product's dtype
         self.exact = torch.float64 if rows.dtype == torch.float64 else torch.float32
         x = rows.to(self.exact)
-        geometries = {t.distance for t in self.terms}
-        self.unit_rows = "cosine" in geometries
+        # unit rows when any term's distance sees them; the raw rows' norms for the others
+        self.unit_rows = any(t.distance.normalizes for t in self.terms)
+        raw_terms = any(not t.distance.normalizes for t in self.terms)
         norms = x.norm(dim=1)
         base = x / norms.clamp_min(_NORM_EPS)[:, None] if self.unit_rows else x
         self.rows = base.to(dtype).contiguous()
-        self.norms = norms if self.unit_rows and "euclidean" in geometries else None
-        self.sq_norms = x.pow(2).sum(1) if "euclidean" in geometries else None
-
-    def _scale(self, h: torch.Tensor) -> torch.Tensor:
-        """s(h) (B,) of the product G = s(h) h R^T: 1/(|h| T_0) (cosine first term), 2/T_0."""
-        first = self.terms[0]
-        if first.distance == "cosine":
-            return 1.0 / (h.norm(dim=1).clamp_min(_NORM_EPS) * first.temperature)
-        return torch.full((h.shape[0],), 2.0 / first.temperature, dtype=h.dtype, device=h.device)
+        self.norms = norms if self.unit_rows and raw_terms else None
+        self.sq_norms = x.pow(2).sum(1) if raw_terms else None
 
     def prepare(self, h: torch.Tensor) -> Prepared:
         """Per-batch factors of ``h`` (B, d): the product's query and each term's a(h), o(h)."""
         h = h.to(device=self.rows.device, dtype=self.exact)
-        scale = self._scale(h)
-        sq = h.pow(2).sum(1)
         first = self.terms[0]
+        # s(h) of the product G = s(h) <h, row>: the first term's c(h) (snnl.core.distances)
+        scale = first.distance.query_scale(h, first.temperature)
+        sq = h.pow(2).sum(1)
         factors: list[torch.Tensor | float | None] = []
         offsets = []
         for index, term in enumerate(self.terms):
             factor: torch.Tensor | float
-            if term.distance == "cosine" and first.distance == "cosine":
-                # G = <h, r^> / (|h| T_0), z = <h, r^> / (|h| T) = G T_0 / T
+            if term.distance is first.distance and not self._needs_columns(term):
+                # the same c(h) at another temperature, on the rows it sees: z = G T_0 / T
                 factor = first.temperature / term.temperature
-            elif term.distance == "cosine":
-                # G = 2 <h, r^> / T_0 (euclidean first term), z = G T_0 / (2 |h| T)
-                factor = 1.0 / (h.norm(dim=1).clamp_min(_NORM_EPS) * term.temperature * scale)
-            elif self.unit_rows:
-                # z = 2 |r| <h, r^> / T - |r|^2 / T = G (2 / (s T)) |r| - |r|^2 / T
-                factor = 2.0 / (scale * term.temperature)
             else:
-                # raw rows: G = (2 <h, r> - |r|^2) / T_0, so z = G T_0 / T
-                factor = first.temperature / term.temperature
-            euclidean = term.distance == "euclidean"
-            offsets.append(
-                sq / term.temperature if euclidean else torch.full_like(sq, 1 / term.temperature)
-            )
+                # z = c(h) <h, row> = G c(h) / s(h); a raw-row term on unit rows also takes
+                # <h, r> = |r| <h, r^> and b(r) (``_logits``)
+                factor = term.distance.query_scale(h, term.temperature, relative_to=scale)
+            offsets.append(term.distance.offset(sq, term.temperature))
             plain = index == 0 and not self._needs_columns(term)
             factors.append(None if plain else factor)
         query = (h * scale[:, None]).to(self.dtype)
         return Prepared(query, factors, torch.stack(offsets, 0))
 
     def _needs_columns(self, term: Term) -> bool:
-        return self.unit_rows and term.distance == "euclidean"
+        """Whether term's z needs the rows' norms: a raw-row distance served from unit rows."""
+        return self.unit_rows and not term.distance.normalizes
 
     def _product(self, query: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """G (B, stop - start) in float32/float64: the first term's z for a plain first term;
@@ -210,9 +164,12 @@ class LayerKernel:
         rows = self.rows[start:stop]
         if width < MIN_GEMM_COLUMNS:  # a few columns: see MIN_GEMM_COLUMNS
             rows = torch.cat([rows, rows.new_zeros(MIN_GEMM_COLUMNS - width, rows.shape[1])])
-        if not self.unit_rows and self.sq_norms is not None:  # euclidean first term, raw rows
-            bias = (self.sq_norms[start:stop] / -self.terms[0].temperature).to(self.dtype)
-            bias = torch.nn.functional.pad(bias, (0, rows.shape[0] - width))
+        first = self.terms[0]
+        bias = None
+        if not self.unit_rows and self.sq_norms is not None:  # raw rows: the first term's b(r)
+            bias = first.distance.row_bias(self.sq_norms[start:stop], first.temperature)
+        if bias is not None:
+            bias = torch.nn.functional.pad(bias.to(self.dtype), (0, rows.shape[0] - width))
             product = torch.addmm(bias, query, rows.T)
         else:
             product = query @ rows.T
@@ -239,10 +196,13 @@ class LayerKernel:
             z = product * (factor if rows is None else factor[rows])[:, None]
         term = self.terms[t]
         if self._needs_columns(term) and self.norms is not None and self.sq_norms is not None:
-            z.mul_(self.norms[start:stop]).sub_(self.sq_norms[start:stop] / term.temperature)
+            z.mul_(self.norms[start:stop])
+            bias = term.distance.row_bias(self.sq_norms[start:stop], term.temperature)
+            if bias is not None:
+                z.add_(bias)
         return z
 
-    def partial(
+    def log_sums(
         self,
         prepared: Prepared,
         classes: torch.Tensor | None,
@@ -268,7 +228,7 @@ class LayerKernel:
         batch, device = query.shape[0], query.device
         every_class: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
         at_class: dict[tuple[int, int], list[torch.Tensor]] = {}
-        nearest = _TopK(top)
+        nearest = RunningTopK(top)
         mass_terms = list(range(1, len(self.terms))) if mass else []
         bounded = [self._bounded(t, chunk_size) for t in range(len(self.terms))]
         # known classes: the mass terms over each class's slice for its queries only, or, for
@@ -281,7 +241,7 @@ class LayerKernel:
         ) -> torch.Tensor:
             if exclude is not None:
                 _leave_out(z, (exclude if rows is None else exclude[rows]) - start)
-            return _segment_log_sums(z, cuts, bounded[t], exclude is not None)
+            return segment_log_sums(z, cuts, bounded[t], exclude is not None)
 
         if score:
             for start, stop, segments in self._chunks(chunk_size):
@@ -329,7 +289,7 @@ class LayerKernel:
         # error instead of a float32 ulp of max z (1e-6 at |z| ~ 10), so shards merge exactly
         sums = torch.full(shape, float("-inf"), dtype=torch.float64, device=device)
         for t, parts in every_class.items():
-            merged = _merge_chunks(parts, batch, self.num_classes, device)
+            merged = merge_segment_sums(parts, batch, self.num_classes, device)
             if t == 0 or classes is None:
                 sums[t] = merged
             else:  # the other classes stay -inf, as on the per-class path
@@ -361,14 +321,14 @@ class LayerKernel:
     def _bounded(self, t: int, chunk_size: int) -> bool:
         """Whether term t's exp(z) stays in the normal float32 range with no shift at all.
 
-        A cosine z lies in [-1/T, 1/T]: with 1/T + ln(chunk) <= 87 every exp(z) >= e^-87 is a
-        normal float32 and a slice's sum <= chunk e^(1/T) < e^88 does not overflow, so the
+        A z bounded by |z| <= M (cosine: M = 1/T) with M + ln(chunk) <= 87 has every exp(z) >=
+        e^-87 a normal float32 and a slice's sum <= chunk e^M < e^88 does not overflow, so the
         slice maxima (a max and a subtraction per entry) are not needed: one exp pass per term.
-        Otherwise (and for a euclidean z, unbounded below) each slice's maximum is subtracted.
+        Otherwise (and for an unbounded z, euclidean) each slice's maximum is subtracted.
         """
         term = self.terms[t]
-        inverse = 1.0 / term.temperature
-        return term.distance == "cosine" and inverse + math.log(chunk_size) <= -EXP_FLOOR
+        bound = term.distance.logit_bound(term.temperature)
+        return bound is not None and bound + math.log(chunk_size) <= -EXP_FLOOR
 
 
 @dataclass(frozen=True)
@@ -402,147 +362,7 @@ def _groups(classes: torch.Tensor) -> dict[int, torch.Tensor]:
     return dict(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
 
 
-def _segment_log_sums(z: torch.Tensor, cuts: list[int], bounded: bool, guard: bool) -> torch.Tensor:
-    """log sum_{j in segment s} exp(z_ij) (B, S) in float64 of the column segments [cuts_s,
-    cuts_s+1) of ``z`` (B, n) (overwritten; the last segment ends at n).
-
-    ``bounded``: exp(z) is taken as it is (``LayerKernel._bounded``); otherwise each segment's
-    own row maximum M is subtracted and the exponent clamped at -87 (module docstring), and M
-    added back to the log in float64. ``guard``: z holds -inf entries (left-out rows, that must
-    count 0, not e^-87), reduced by torch.logsumexp instead.
-    """
-    if guard:
-        return _segment_reduce(z, cuts, None, lambda part: torch.logsumexp(part, 1)).double()
-    if bounded:
-        return _segment_reduce(z.exp_(), cuts, np.add, _row_sum).double().log_()
-    top = _segment_reduce(z, cuts, np.maximum, _row_max)
-    if len(cuts) == 1:
-        spread = top
-    else:
-        lengths = [b - a for a, b in _segment_bounds(cuts, z.shape[1])]
-        spread = top.repeat_interleave(torch.tensor(lengths, device=z.device), dim=1)
-    exp = z.sub_(spread).clamp_min_(EXP_FLOOR).exp_()
-    return _segment_reduce(exp, cuts, np.add, _row_sum).double().log_().add_(top)
-
-
-def _segment_bounds(cuts: list[int], n: int) -> list[tuple[int, int]]:
-    """[a, b) of each column segment starting at ``cuts``, the last ending at ``n``."""
-    return list(itertools.pairwise([*cuts, n]))
-
-
-def _row_sum(part: torch.Tensor) -> torch.Tensor:
-    return part.sum(1)
-
-
-def _row_max(part: torch.Tensor) -> torch.Tensor:
-    return part.amax(1)
-
-
-def _segment_reduce(
-    x: torch.Tensor,
-    cuts: list[int],
-    ufunc: np.ufunc | None,
-    reduce: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """A row reduction (B, S) of each column segment of ``x`` (B, n) starting at ``cuts``.
-
-    On the CPU, with a ``ufunc``, one ``ufunc.reduceat`` call for all segments, also for one: a
-    segment's sum is the same bits whether it is reduced alone or among others, and whatever the
-    other rows of the batch (measured), so one-round and two-round mass terms agree. Otherwise
-    ``reduce`` (B, b - a) -> (B,) on each segment."""
-    if ufunc is not None and x.device.type == "cpu":
-        return torch.from_numpy(ufunc.reduceat(x.numpy(), cuts, axis=1))
-    return torch.stack([reduce(x[:, a:b]) for a, b in _segment_bounds(cuts, x.shape[1])], 1)
-
-
-def _merge_chunks(
-    parts: list[tuple[list[int], torch.Tensor]], batch: int, num_classes: int, device: torch.device
-) -> torch.Tensor:
-    """Per-class log-sums (B, C) over all chunks from each chunk's (classes, log-sums (B, S)).
-
-    A class's chunks are merged by ``log_add`` in chunk order: the parts are stacked (depth =
-    the most chunks any class spans, -inf where a class has fewer, which adds exactly 0)."""
-    if len(parts) == 1 and parts[0][0] == list(range(num_classes)):
-        return parts[0][1]  # one chunk holding every class: its sums, in class order
-    depth = [0] * num_classes
-    layers = []
-    for classes, _ in parts:
-        layers.append([depth[k] for k in classes])
-        for k in classes:
-            depth[k] += 1
-    stack = torch.full(
-        (max(depth), batch, num_classes), float("-inf"), dtype=torch.float64, device=device
-    )
-    for (classes, values), layer in zip(parts, layers, strict=True):
-        stack[layer, :, classes] = values.T
-    return stack[0] if len(stack) == 1 else log_add(list(stack))
-
-
-def log_add(values: Sequence[torch.Tensor]) -> torch.Tensor:
-    """log sum_i exp(values_i), elementwise over tensors of one shape; -inf entries allowed.
-
-    Built from maximum, exp, log and additions only: their results per element do not depend on
-    the tensors' length (``torch.logaddexp`` and a reduction over a stacked tensor do: their
-    vectorized and scalar paths round differently), so a query's sums do not depend on how many
-    other queries share the tensors.
-    """
-    top = values[0]
-    for value in values[1:]:
-        top = torch.maximum(top, value)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    total = torch.zeros_like(top)
-    for value in values:
-        total += (value - top).exp_()
-    return total.log_().add_(top)
-
-
 def _leave_out(z: torch.Tensor, columns: torch.Tensor) -> None:
     """z[i, columns_i] = -inf where 0 <= columns_i < z.shape[1]."""
     hit = torch.nonzero((columns >= 0) & (columns < z.shape[1]))[:, 0]
     z[hit, columns[hit]] = float("-inf")
-
-
-class _TopK:
-    """The running k largest entries of each row over chunks of columns, unordered, and their
-    column ids (exact; equal values in any order, the same for a row in any batch).
-
-    The first chunk is selected with ``torch.topk``; after it a chunk is looked at only for the
-    rows whose maximum over it exceeds their current k-th largest value (one cheap max per row
-    and chunk), and only those rows' k values and the chunk are selected from again.
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.values: torch.Tensor | None = None
-        self.rows: torch.Tensor | None = None
-        self.floor: torch.Tensor | None = None
-
-    def add(self, z: torch.Tensor, start: int) -> None:
-        """Merge the columns [start, start + n) of ``z`` (B, n) (not modified)."""
-        n = z.shape[1]
-        if self.values is None or self.rows is None or self.floor is None:
-            values, columns = z.topk(min(self.k, n), dim=1, sorted=False)
-            self.values, self.rows = values, columns + start
-            self.floor = values.amin(1)
-            return
-        width = self.values.shape[1]
-        if width < self.k:  # fewer than k columns so far: every row takes the chunk
-            active = None
-        else:
-            active = torch.nonzero(z.amax(1) > self.floor)[:, 0]
-            if active.numel() == 0:
-                return
-        held_values = self.values if active is None else self.values[active]
-        held_rows = self.rows if active is None else self.rows[active]
-        new = z if active is None else z[active]
-        columns = torch.arange(start, start + n, device=z.device).expand(new.shape[0], n)
-        values, pick = torch.cat([held_values, new], 1).topk(
-            min(self.k, width + n), 1, sorted=False
-        )
-        rows = torch.cat([held_rows, columns], 1).gather(1, pick)
-        if active is None:
-            self.values, self.rows, self.floor = values, rows, values.amin(1)
-            return
-        self.values[active] = values
-        self.rows[active] = rows
-        self.floor[active] = values.amin(1)

@@ -29,7 +29,7 @@ from snnl.evaluation.baselines import BaselineDetector, default_baselines
 from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_embeddings
 from snnl.evaluation.ood_metrics import OODMetrics, ood_metrics
 from snnl.scoring.batch import Samples
-from snnl.scoring.conformal import nonconformity as neg_log_score
+from snnl.scoring.nonconformity import neg_log_score
 from snnl.scoring.results import ScoreResult
 
 if TYPE_CHECKING:
@@ -97,9 +97,7 @@ def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) ->
                 "embedding per layer; evaluate supports single-layer models"
             )
         samples = {det.layers[0]: x.reshape(len(x), -1)}
-    return ScoreResult.concatenate(
-        list(det.score_in_batches(samples, batch_size, with_features=True))
-    )
+    return det.score(det.check(samples), batch_size=batch_size, with_features=True)
 
 
 def fit_baselines(

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from snnl.core.distances import Distance, check_distance, pairwise_distances_prepared, prepare
+from snnl.core.distances import Distance, check_distance, distance_of
 from snnl.core.functional import per_row_snnl_from_distances
 from snnl.core.temperature import entanglement
 from snnl.errors import InputError
-from snnl.scoring.batch import Samples, num_rows
+from snnl.scoring.batch import CheckedBatch, Samples
 
 if TYPE_CHECKING:
     from snnl.model.detector import Detector
@@ -105,14 +105,15 @@ def snnl_and_knn_accuracy(
     """(SNNL at ``temperature`` or None, leave-one-out k-NN accuracy) of rows h (N, d), y (N,)."""
     n = h.shape[0]
     k = min(k, n - 1)
-    x = prepare(torch.from_numpy(h), distance)
+    metric = distance_of(distance)
+    x = metric.prepare(torch.from_numpy(h))
     labels = torch.from_numpy(y)
     num_classes = int(labels.max()) + 1
     terms: list[torch.Tensor] = []
     correct = 0
     for start in range(0, n, _ROW_CHUNK):
         rows = torch.arange(start, min(start + _ROW_CHUNK, n))
-        dist = pairwise_distances_prepared(x[rows], x, distance)
+        dist = metric.pairwise(x[rows], x)
         if temperature is not None:
             row_terms, has_partner = per_row_snnl_from_distances(
                 dist, labels, temperature, rows=rows
@@ -176,29 +177,25 @@ def evaluate_embeddings(
 def evaluate_detector(
     det: Detector,
     labels: np.ndarray,
+    samples: Samples | CheckedBatch,
     *,
-    inputs: np.ndarray | None = None,
-    embeddings: Mapping[str, np.ndarray] | None = None,
     alpha: float | None = None,
     k: int = DEFAULT_K,
-    validated: bool = False,
 ) -> EmbeddingEvaluation:
-    """Evaluate a labeled batch with a served model: ``inputs`` (B, *input_shape) for a model
-    with a network, ``embeddings`` {layer: (B, d_l)} for an embedding-only one.
+    """Evaluate a labeled batch with a served model: ``samples`` are inputs (B, *input_shape)
+    for a model with a network, embeddings {layer: (B, d_l)} for an embedding-only one, or a
+    batch ``det.check`` returned.
 
     Per served layer as ``evaluate_embeddings`` at the manifest's temperature and distance, plus
     the accuracy (prediction == label) and the outlier rate (flag at ``alpha``) of ``det.score``.
-    ``validated=True``: the samples already passed ``det.check_samples``.
     """
-    if (inputs is None) == (embeddings is None):
-        raise InputError("give either inputs or embeddings")
-    samples: Samples = inputs if inputs is not None else dict(embeddings or {})
-    y = _check_labels(labels, num_rows(samples))
+    batch = det.check(samples)
+    y = _check_labels(labels, len(batch))
     if y.size and y.max() >= len(det.class_names):
         raise InputError(
             f"labels: expected class ids in 0..{len(det.class_names) - 1}, got {y.max()}"
         )
-    result = det.score_samples(samples, alpha=alpha, validated=validated, with_features=True)
+    result = det.score(batch, alpha=alpha, with_features=True)
     features = result.features
     assert features is not None  # asked for with_features
     specs = det.manifest.layers

@@ -1,23 +1,26 @@
-"""``Detector``: one served model = ONNX runtime + soft-neighbor scorer + calibration.
+"""``Detector``: one served model = its inputs (ONNX graph or embeddings) + scorer + calibration.
 
     det = Detector.load("models", "digits-mlp")       # device "auto" | "cpu" | "cuda"
     res = det.score(x)                                 # x (B, *input_shape) or (B, prod(shape))
-    res = det.score_embeddings({"embedding": e})       # embedding-only models: {layer: (B, d_l)}
+    res = det.score_features({"embedding": e})         # embedding-only models: {layer: (B, d_l)}
 
-A score is one forward pass (logits and the served layers), then per layer one chunked matrix
-product against the reference set on the device (snnl.scoring.scorer, which also computes the
-neighbor-mass terms of the manifest's nonconformity), then a(x) of the manifest's kind and
-p-values from the sorted calibration arrays (snnl.scoring.conformal). The object is read-only after
-loading: ``score`` may be called from any thread.
+Two verbs, one path: the batch is checked once (``check``: a ``CheckedSamples`` or a
+``CheckedFeatures``, snnl.scoring.batch, which the service and ``snnl score`` also pass along),
+then a forward pass for a model with a graph (logits and the served layers), then per layer one
+chunked matrix product against the reference set on the device (the scorer, snnl.scoring.scorer,
+local, or sharded by snnl.sharding; it also sums the neighbor-mass terms of the manifest's
+nonconformity), then a(x) of the manifest's kind and p-values from the sorted calibration arrays
+(snnl.scoring.conformal). The object is read-only after loading: ``score`` may be called from
+any thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,14 +31,11 @@ from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE, Man
 from snnl.model.reference import ReferenceSet
 from snnl.model.runtime import ForwardOutput, OnnxRunner, resolve_device
 from snnl.model.store import map_verified, read_model_files, read_verified
-from snnl.scoring.batch import Samples, row_chunks
-from snnl.scoring.conformal import Calibration, flag, mass_nonconformity
-from snnl.scoring.conformal import nonconformity as neg_log_score
-from snnl.scoring.nonconformity import NeighborMass
+from snnl.scoring.batch import CheckedBatch, CheckedFeatures, CheckedSamples, Samples, row_chunks
+from snnl.scoring.conformal import Calibration, flag
 from snnl.scoring.results import ScoreResult
-from snnl.scoring.scorer import BatchScores, SoftNeighborScorer, default_chunk_size
+from snnl.scoring.scorer import BatchScores, Scorer, SoftNeighborScorer, default_chunk_size
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
-from snnl.sharding.scorer import ShardedScorer
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -55,11 +55,58 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class Detector:
-    """A loaded model of the repository. Build it with :meth:`load`.
+class GraphInputs:
+    """How a model with an ONNX graph takes a batch: raw samples (B, *input_shape), run through
+    the graph to the logits and the served layers."""
 
-    ``calibration`` may be None only while a model is being exported (``batch_scores`` works,
-    ``score`` does not).
+    def __init__(self, name: str, input_shape: tuple[int, ...], runner: OnnxRunner) -> None:
+        self.name = name
+        self.input_shape = input_shape
+        self.runner = runner
+
+    def check(self, samples: Samples | CheckedBatch) -> CheckedSamples:
+        """``samples`` as a checked batch of this model (already checked ones pass as they are)."""
+        if isinstance(samples, CheckedSamples):
+            return samples
+        if isinstance(samples, (Mapping, CheckedFeatures)):
+            raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
+        return check_inputs(samples, self.input_shape)
+
+    def forward(self, batch: CheckedBatch) -> ForwardOutput:
+        """Logits (B, C) and the served layers {layer: (B, d_l)} of a checked batch."""
+        return self.runner.run(self.check(batch).x)
+
+
+class FeatureInputs:
+    """How an embedding-only model takes a batch: its layer representations {layer: (B, d_l)},
+    scored as they are; the prediction comes from the soft neighbors (no logits)."""
+
+    def __init__(self, name: str, dims: Mapping[str, int]) -> None:
+        self.name = name
+        self.input_shape = None
+        self.dims = dict(dims)
+
+    def check(self, samples: Samples | CheckedBatch) -> CheckedFeatures:
+        """``samples`` as a checked batch of this model (already checked ones pass as they are)."""
+        if isinstance(samples, CheckedFeatures):
+            return samples
+        if isinstance(samples, (np.ndarray, CheckedSamples)):
+            raise InputError(f"model {self.name!r} is embedding-only: send embeddings, not inputs")
+        return check_embeddings(samples, self.dims)
+
+    def forward(self, batch: CheckedBatch) -> ForwardOutput:
+        """Only a graph runs a forward pass."""
+        raise InputError(f"model {self.name!r} is embedding-only: send embeddings, not inputs")
+
+
+class Detector:
+    """A loaded model of the repository. Build it with :meth:`load` (or, with the reference
+    rows sharded over Ray actors, ``snnl.sharding.load_sharded_detector``).
+
+    ``scorer``: any ``Scorer``; None builds the local ``SoftNeighborScorer`` over ``reference``
+    on ``device`` (else ``reference`` need only hold the labels and the layers' shapes).
+    ``calibration`` may be None only while a model is being exported (``uncalibrated_scores``
+    works, ``score`` does not).
     """
 
     def __init__(
@@ -73,35 +120,34 @@ class Detector:
         chunk_size: int | None = None,
         reference_path: Path | None = None,
         compute_dtype: ComputeDtype = "float32",
-        scorer: ShardedScorer | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         self.manifest = manifest
         self.calibration = calibration
         self.device = str(device)
         self.compute_dtype: ComputeDtype = compute_dtype
-        self._runner = runner
         self._reference_path = reference_path
         specs = {layer.name: layer for layer in manifest.layers}
         self.layers: tuple[str, ...] = tuple(specs)
         self.reference_labels: np.ndarray = reference.labels.cpu().numpy()
         self.reference_sizes: dict[str, int] = {name: reference.size for name in self.layers}
-        self._dims = {name: layer.dim for name, layer in specs.items()}
-        self._scorer: SoftNeighborScorer | ShardedScorer
-        if scorer is not None:  # the reference rows are held elsewhere (snnl.sharding)
-            self._scorer = scorer
-            return
-        spec = manifest.nonconformity
-        terms = spec.terms if isinstance(spec, NeighborMass) else []
-        self._scorer = SoftNeighborScorer(
-            {name: reference.features[name].to(device) for name in self.layers},
-            reference.labels.to(device),
-            num_classes=len(manifest.class_names),
-            temperatures={name: layer.temperature for name, layer in specs.items()},
-            distances={name: layer.distance for name, layer in specs.items()},
-            mass_terms=[(t.layer, t.distance, t.temperature) for t in terms],
-            chunk_size=chunk_size or default_chunk_size(device),
-            compute_dtype=COMPUTE_DTYPES[compute_dtype],
-        )
+        self.inputs: GraphInputs | FeatureInputs
+        if runner is None or manifest.input_shape is None:
+            self.inputs = FeatureInputs(manifest.name, {n: x.dim for n, x in specs.items()})
+        else:
+            self.inputs = GraphInputs(manifest.name, tuple(manifest.input_shape), runner)
+        if scorer is None:
+            scorer = SoftNeighborScorer(
+                {name: reference.features[name].to(device) for name in self.layers},
+                reference.labels.to(device),
+                num_classes=len(manifest.class_names),
+                temperatures={name: layer.temperature for name, layer in specs.items()},
+                distances={name: layer.distance for name, layer in specs.items()},
+                mass_terms=manifest.nonconformity.mass_terms,
+                chunk_size=chunk_size or default_chunk_size(device),
+                compute_dtype=COMPUTE_DTYPES[compute_dtype],
+            )
+        self._scorer = scorer
 
     @classmethod
     def load(
@@ -113,9 +159,6 @@ class Detector:
         threads: int | None = None,
         chunk_size: int | None = None,
         compute_dtype: ComputeDtype = "float32",
-        shards: int = 0,
-        backend: str = "ray",
-        ray_address: str | None = None,
     ) -> Detector:
         """Load ``repository/<name>`` (checksums verified) onto ``device``.
 
@@ -123,43 +166,48 @@ class Detector:
         rows per matrix product (None: 4096 on the CPU, 262144 on a GPU). ``compute_dtype``: the
         dtype of the reference products, "float32" (default), "bfloat16" or "float16" (rows and
         queries rounded to it, sums in float32: faster, see docs/performance.md for the measured
-        error). ``shards`` >= 1 splits every layer's reference rows into that many shards held by
-        actors of ``backend`` ("ray", the only one) at ``ray_address`` (None: a private local
-        cluster, or the one in ``RAY_ADDRESS``; "auto" or "ray://host:10001": a running one);
-        the scores are the same as unsharded (snnl.sharding). RepositoryError names a missing,
-        tampered or malformed file.
+        error). RepositoryError names a missing, tampered or malformed file. The reference rows
+        sharded over Ray actors: ``snnl.sharding.load_sharded_detector``.
         """
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise InputError(
-                f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
-            )
+        check_compute_dtype(compute_dtype)
         target = resolve_device(device)
         folder = Path(repository) / name
-        scorer = None
-        if shards:
-            from snnl.sharding.loading import open_sharded
+        # The reference is memory-mapped (file-backed pages, shared between processes).
+        manifest, files = read_model_files(repository, name, skip=(REFERENCE_FILE,))
+        reference = ReferenceSet.from_bytes(
+            map_verified(folder / REFERENCE_FILE, manifest.files[REFERENCE_FILE]),
+            [layer.name for layer in manifest.layers],
+            device=target,
+            source=folder / REFERENCE_FILE,
+        )
+        return cls.from_files(
+            folder,
+            manifest,
+            files,
+            reference,
+            device=target,
+            threads=threads,
+            chunk_size=chunk_size,
+            compute_dtype=compute_dtype,
+        )
 
-            opened = open_sharded(
-                repository,
-                name,
-                shards=shards,
-                backend=backend,
-                ray_address=ray_address,
-                device=device,
-                chunk_size=chunk_size,
-                compute_dtype=COMPUTE_DTYPES[compute_dtype],
-            )
-            manifest, files, reference = opened.manifest, opened.files, opened.reference
-            scorer = opened.scorer
-        else:
-            # The reference is memory-mapped (file-backed pages, shared between processes).
-            manifest, files = read_model_files(repository, name, skip=(REFERENCE_FILE,))
-            reference = ReferenceSet.from_bytes(
-                map_verified(folder / REFERENCE_FILE, manifest.files[REFERENCE_FILE]),
-                [layer.name for layer in manifest.layers],
-                device=target,
-                source=folder / REFERENCE_FILE,
-            )
+    @classmethod
+    def from_files(
+        cls,
+        folder: Path,
+        manifest: Manifest,
+        files: Mapping[str, bytes],
+        reference: ReferenceSet,
+        *,
+        device: torch.device,
+        threads: int | None = None,
+        chunk_size: int | None = None,
+        compute_dtype: ComputeDtype = "float32",
+        scorer: Scorer | None = None,
+    ) -> Detector:
+        """The detector of a verified model folder: its manifest, the bytes of every file but
+        the reference, and the reference set (or its outline and labels, with a ``scorer``
+        holding the rows); RepositoryError when the files disagree with each other."""
         layers = [layer.name for layer in manifest.layers]
         calibration = Calibration.from_bytes(
             files[CALIBRATION_FILE], layers, source=folder / CALIBRATION_FILE
@@ -167,7 +215,7 @@ class Detector:
         runner = None
         if not manifest.embedding_only:
             runner = OnnxRunner(
-                files[ONNX_FILE], layers, target, threads=threads, source=str(folder / ONNX_FILE)
+                files[ONNX_FILE], layers, device, threads=threads, source=str(folder / ONNX_FILE)
             )
         _check_consistency(manifest, reference, calibration, runner, folder)
         return cls(
@@ -175,7 +223,7 @@ class Detector:
             reference=reference,
             calibration=calibration,
             runner=runner,
-            device=target,
+            device=device,
             chunk_size=chunk_size,
             reference_path=folder / REFERENCE_FILE,
             compute_dtype=compute_dtype,
@@ -197,46 +245,33 @@ class Detector:
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """The shape of one sample, or None for an embedding-only model."""
-        shape = self.manifest.input_shape
-        return None if shape is None else tuple(shape)
+        return self.inputs.input_shape
 
     @property
     def backend(self) -> str:
         """ "onnxruntime" (with the execution provider in ``provider``) or "none"."""
-        return "none" if self._runner is None else "onnxruntime"
+        return "onnxruntime" if isinstance(self.inputs, GraphInputs) else "none"
 
     @property
     def provider(self) -> str | None:
         """The ONNX Runtime execution provider in use, None for an embedding-only model."""
-        return None if self._runner is None else self._runner.provider
+        return self.inputs.runner.provider if isinstance(self.inputs, GraphInputs) else None
 
     def unavailable(self) -> str | None:
         """None when the scorer can answer now; else why not (a shard of a sharded model is down
-        or restarting: snnl.sharding). Always None for an unsharded model."""
-        return self._scorer.unavailable() if isinstance(self._scorer, ShardedScorer) else None
+        or restarting: snnl.sharding). Always None for a local scorer."""
+        return self._scorer.unavailable()
 
-    def forward(self, x: np.ndarray, *, validated: bool = False) -> ForwardOutput:
-        """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32.
+    def check(self, samples: Samples | CheckedBatch) -> CheckedBatch:
+        """``samples`` checked for this model, once: raw inputs (B, *input_shape) or
+        (B, prod(input_shape)) -> ``CheckedSamples`` for a model with a network, {layer: (B,
+        d_l)} -> ``CheckedFeatures`` for an embedding-only one; InputError names the field
+        otherwise. A batch already checked for this model's kind is returned as it is."""
+        return self.inputs.check(samples)
 
-        ``validated=True``: ``x`` already passed ``check_samples`` (float32, (B, *input_shape)),
-        so it is not checked again."""
-        if self._runner is None or self.input_shape is None:
-            raise InputError(f"model {self.name!r} is embedding-only: send embeddings, not inputs")
-        return self._runner.run(x if validated else check_inputs(x, self.input_shape))
-
-    def check_samples(self, samples: Samples) -> Samples:
-        """``samples`` validated for this model: raw inputs (B, *input_shape) as float32 for a
-        model with a network, {layer: (B, d_l)} float32 for an embedding-only one; InputError
-        names the field otherwise. What ``score_samples(..., validated=True)`` expects."""
-        if self.input_shape is None:
-            if isinstance(samples, np.ndarray):
-                raise InputError(
-                    f"model {self.name!r} is embedding-only: send embeddings, not inputs"
-                )
-            return check_embeddings(samples, self._dims)
-        if not isinstance(samples, np.ndarray):
-            raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
-        return check_inputs(samples, self.input_shape)
+    def forward(self, x: np.ndarray | CheckedSamples) -> ForwardOutput:
+        """Logits (B, C) and served-layer features {layer: (B, d_l)} of ``x``, all float32."""
+        return self.inputs.forward(self.inputs.check(x))
 
     def reference_features(self, layer: str) -> np.ndarray:
         """The stored reference matrix (N, d) of ``layer`` as float32, rows in stored order,
@@ -248,14 +283,84 @@ class Detector:
         data = read_verified(self._reference_path, self.manifest.files[REFERENCE_FILE])
         return load_safetensors(data)[f"features.{layer}"].float().numpy()
 
-    def batch_scores(
+    def uncalibrated_scores(self, samples: Samples | CheckedBatch) -> BatchScores:
+        """Soft-neighbor scores, hard counts and neighbor masses of a batch, before calibration
+        (what the builder calibrates on); a(x) of the manifest's kind is
+        ``manifest.nonconformity.apply(scores)``."""
+        features, logits, _ = self._features(self.check(samples))
+        return self._neighbor_scores(features, logits, neighbors=0)
+
+    def score(
         self,
-        features: Mapping[str, np.ndarray],
-        logits: np.ndarray | None,
+        samples: np.ndarray | CheckedBatch,
         *,
+        alpha: float | None = None,
         neighbors: int = 0,
+        batch_size: int | None = None,
+        with_features: bool = False,
+    ) -> ScoreResult:
+        """Score a batch: raw samples (B, *input_shape) or (B, prod(input_shape)) of a model
+        with a network, or a batch ``check`` returned (of either kind).
+
+        ``alpha``: the flag's level (None: the manifest's). ``neighbors``: how many ids of the
+        nearest reference rows per layer (0: none). ``batch_size``: score at most this many rows
+        per call (the whole batch is checked first; a sample's result does not depend on its
+        batch). ``with_features=True``: the result also carries the logits (None for an
+        embedding-only model) and the served-layer features that were scored.
+        """
+        batch = self.check(samples)
+        alpha = check_alpha(alpha, self.manifest.alpha)
+        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
+        if batch_size is None:
+            return self._score(batch, alpha, neighbors, with_features)
+        if batch_size < 1:
+            raise InputError(f"batch_size: expected >= 1, got {batch_size}")
+        return ScoreResult.concatenate(
+            [
+                self._score(rows, alpha, neighbors, with_features)
+                for rows in row_chunks(batch, batch_size)
+            ]
+        )
+
+    def score_features(
+        self,
+        features: Mapping[str, Any] | CheckedFeatures,
+        *,
+        alpha: float | None = None,
+        neighbors: int = 0,
+        batch_size: int | None = None,
+        with_features: bool = False,
+    ) -> ScoreResult:
+        """Score the layer representations {layer: (B, d_l)} of an embedding-only model (every
+        served layer, one B); the options as for ``score``."""
+        if isinstance(features, np.ndarray):
+            raise InputError("features: expected a mapping {layer: (B, d)}, got an array")
+        return self.score(
+            self.check(features),
+            alpha=alpha,
+            neighbors=neighbors,
+            batch_size=batch_size,
+            with_features=with_features,
+        )
+
+    score_embeddings = score_features  # the name of the Python API in the docs and the service
+
+    def _features(
+        self, batch: CheckedBatch
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None, float]:
+        """The served layers of a checked batch, its logits (None: embedding-only) and the
+        forward pass's seconds."""
+        if isinstance(batch, CheckedFeatures):
+            self.inputs.check(batch)  # refused by a model with a network
+            return batch.features, None, 0.0
+        start = time.perf_counter()
+        output = self.inputs.forward(batch)
+        return output.features, output.logits, time.perf_counter() - start
+
+    def _neighbor_scores(
+        self, features: Mapping[str, np.ndarray], logits: np.ndarray | None, *, neighbors: int
     ) -> BatchScores:
-        """Soft-neighbor scores of validated features; the prediction is argmax ``logits``, or
+        """Soft-neighbor scores of checked features; the prediction is argmax ``logits``, or
         for embedding-only models the soft-neighbor class argmax of the last layer."""
         predicted = None if logits is None else torch.from_numpy(logits.argmax(1))
         queries = {name: torch.from_numpy(features[name]) for name in self.layers}
@@ -263,132 +368,16 @@ class Detector:
             queries, predicted, k=self.manifest.neighbors, neighbors=neighbors
         )
 
-    def raw_scores(self, samples: Samples, *, validated: bool = False) -> BatchScores:
-        """Soft-neighbor scores of ``samples`` (inputs or {layer: embeddings}) without
-        calibration: what the builder calibrates on."""
-        if not validated:
-            samples = self.check_samples(samples)
-        if isinstance(samples, np.ndarray):
-            output = self.forward(samples, validated=True)
-            return self.batch_scores(output.features, output.logits)
-        return self.batch_scores(samples, None)
-
-    def nonconformity(self, scores: BatchScores) -> np.ndarray:
-        """a (B,) of the manifest's kind: the neighbor-mass sum (snnl.scoring.neighbor_mass) or
-        sum_l -log max(s_l, 1e-12) (snnl.scoring.conformal); see docs/method.md."""
-        spec = self.manifest.nonconformity
-        if isinstance(spec, NeighborMass):
-            return mass_nonconformity(scores.log_mass, spec)
-        return neg_log_score(scores.log_score)
-
-    def score(
-        self,
-        x: np.ndarray,
-        *,
-        alpha: float | None = None,
-        neighbors: int = 0,
-        validated: bool = False,
-        with_features: bool = False,
-    ) -> ScoreResult:
-        """Score samples ``x`` (B, *input_shape) or (B, prod(input_shape)).
-
-        ``validated=True``: ``x`` already passed ``check_samples``. ``with_features=True``: the
-        result also carries the logits and the served-layer features of the forward pass."""
-        alpha = check_alpha(alpha, self.manifest.alpha)
-        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
-        start = time.perf_counter()
-        output = self.forward(x, validated=validated)
-        forward = time.perf_counter() - start
-        result = self._finish(output.features, output.logits, alpha, neighbors, forward)
-        if with_features:
-            return replace(result, logits=output.logits, features=output.features)
-        return result
-
-    def score_embeddings(
-        self,
-        embeddings: Mapping[str, np.ndarray],
-        *,
-        alpha: float | None = None,
-        neighbors: int = 0,
-        validated: bool = False,
-        with_features: bool = False,
-    ) -> ScoreResult:
-        """Score layer representations {layer: (B, d_l)} of an embedding-only model
-        (``validated``, ``with_features``: as for ``score``; the features are the embeddings)."""
-        if self._runner is not None:
-            raise InputError(f"model {self.name!r} has a network: send inputs, not embeddings")
-        alpha = check_alpha(alpha, self.manifest.alpha)
-        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
-        features = dict(embeddings) if validated else check_embeddings(embeddings, self._dims)
-        result = self._finish(features, None, alpha, neighbors, 0.0)
-        return replace(result, features=features) if with_features else result
-
-    def score_samples(
-        self,
-        samples: Samples,
-        *,
-        alpha: float | None = None,
-        neighbors: int = 0,
-        validated: bool = False,
-        with_features: bool = False,
-    ) -> ScoreResult:
-        """``score`` for an array, ``score_embeddings`` for {layer: (B, d_l)}."""
-        if isinstance(samples, np.ndarray):
-            return self.score(
-                samples,
-                alpha=alpha,
-                neighbors=neighbors,
-                validated=validated,
-                with_features=with_features,
-            )
-        return self.score_embeddings(
-            samples,
-            alpha=alpha,
-            neighbors=neighbors,
-            validated=validated,
-            with_features=with_features,
-        )
-
-    def score_in_batches(
-        self,
-        samples: Samples,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        *,
-        alpha: float | None = None,
-        neighbors: int = 0,
-        with_features: bool = False,
-    ) -> Iterator[ScoreResult]:
-        """``score_samples`` over consecutive chunks of at most ``batch_size`` rows, in order.
-
-        Everything is checked by this call, before the iterator scores its first chunk
-        (samples, alpha, neighbors), so a bad row fails up front and a consumer never sees
-        partial output."""
-        if batch_size < 1:
-            raise InputError(f"batch_size: expected >= 1, got {batch_size}")
-        checked = self.check_samples(samples)
-        alpha = check_alpha(alpha, self.manifest.alpha)
-        neighbors = check_neighbors(neighbors, self._scorer.reference_size)
-        return (
-            self.score_samples(
-                rows, alpha=alpha, neighbors=neighbors, validated=True, with_features=with_features
-            )
-            for rows in row_chunks(checked, batch_size)
-        )
-
-    def _finish(
-        self,
-        features: Mapping[str, np.ndarray],
-        logits: np.ndarray | None,
-        alpha: float,
-        neighbors: int,
-        forward_seconds: float,
+    def _score(
+        self, batch: CheckedBatch, alpha: float, neighbors: int, with_features: bool
     ) -> ScoreResult:
         if self.calibration is None:
             raise InputError(f"model {self.name!r} has no calibration yet")
+        features, logits, forward_seconds = self._features(batch)
         start = time.perf_counter()
-        scores = self.batch_scores(features, logits, neighbors=neighbors)
+        scores = self._neighbor_scores(features, logits, neighbors=neighbors)
         middle = time.perf_counter()
-        a = self.nonconformity(scores)
+        a = self.manifest.nonconformity.apply(scores)
         p = self.calibration.p_value(a)
         layer_p = self.calibration.layer_p_values(scores.log_score)
         if logits is None:
@@ -405,7 +394,7 @@ class Detector:
             )
         outlier = flag(p, alpha)
         end = time.perf_counter()
-        return ScoreResult(
+        result = ScoreResult(
             layers=self.layers,
             class_names=self.class_names,
             prediction=scores.predicted,
@@ -424,6 +413,18 @@ class Detector:
                 "calibrate": end - middle,
             },
         )
+        if with_features:
+            return replace(result, logits=logits, features=dict(features))
+        return result
+
+
+def check_compute_dtype(compute_dtype: str) -> torch.dtype:
+    """The torch dtype of a ``ComputeDtype`` name; InputError for another name."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(
+            f"compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+        )
+    return COMPUTE_DTYPES[compute_dtype]
 
 
 def _check_consistency(

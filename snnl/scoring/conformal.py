@@ -3,7 +3,7 @@
 With n calibration points scored exactly like queries (docs/method.md):
 
     a(x)   = sum_l -log max(s_l(x), 1e-12)       (kind "neg-log-score"; the served default is
-                                                  "neighbor-mass", snnl.scoring.neighbor_mass)
+                                                  "neighbor-mass": snnl.scoring.nonconformity)
     p(x)   = (1 + #{i : a_i >= a(x)}) / (n + 1)
     p_l(x) = (1 + #{i : s_l,i <= s_l(x)}) / (n + 1)
     outlier(x) = p(x) < alpha
@@ -26,28 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from snnl.errors import RepositoryError
-from snnl.scoring.nonconformity import NeighborMass
-
-SCORE_FLOOR = 1e-12
-_LOG_FLOOR = math.log(SCORE_FLOOR)
-
-
-def nonconformity(log_score: np.ndarray) -> np.ndarray:
-    """a = sum_l -log max(s_l, 1e-12) (B,) from log s_l (B, L); -inf (s = 0) counts as 1e-12."""
-    floored = np.maximum(np.asarray(log_score, dtype=np.float64), _LOG_FLOOR)
-    return 0.0 - floored.sum(axis=1)  # 0.0 - x: no negative zero when every s_l = 1
-
-
-def mass_nonconformity(log_mass: np.ndarray, spec: NeighborMass) -> np.ndarray:
-    """a (B,) = -sum_t (m_t - mean_t) / std_t, the neighbor-mass nonconformity
-    (snnl.scoring.neighbor_mass), from the terms' masses ``log_mass`` (B, K) at the predicted
-    class."""
-    m = np.asarray(log_mass, dtype=np.float64)
-    if m.ndim != 2 or m.shape[1] != len(spec.terms):
-        raise ValueError(f"log_mass must be (B, {len(spec.terms)}), got {m.shape}")
-    mean = np.array([t.mean for t in spec.terms])
-    std = np.array([t.std for t in spec.terms])
-    return 0.0 - ((m - mean) / std).sum(axis=1)
+from snnl.scoring.nonconformity import neg_log_score
 
 
 @dataclass(frozen=True)
@@ -63,11 +42,11 @@ class Calibration:
         cls, layers: Sequence[str], log_score: np.ndarray, a: np.ndarray | None = None
     ) -> Calibration:
         """Calibration from the log-scores (n, L) of the calibration points, layers in order,
-        and their nonconformities ``a`` (n,) (default: ``nonconformity(log_score)``)."""
+        and their nonconformities ``a`` (n,) (default: ``neg_log_score(log_score)``)."""
         log_score = np.asarray(log_score, dtype=np.float64)
         if log_score.ndim != 2 or log_score.shape[1] != len(layers) or log_score.shape[0] < 1:
             raise ValueError(f"log_score must be (n >= 1, L={len(layers)}), got {log_score.shape}")
-        a = nonconformity(log_score) if a is None else np.asarray(a, dtype=np.float64)
+        a = neg_log_score(log_score) if a is None else np.asarray(a, dtype=np.float64)
         if a.shape != (log_score.shape[0],) or not np.all(np.isfinite(a)):
             raise ValueError(f"a must be ({log_score.shape[0]},) finite, got {a.shape}")
         return cls(
@@ -159,8 +138,3 @@ class Calibration:
 def flag(p_value: np.ndarray, alpha: float) -> np.ndarray:
     """outlier = p < alpha, (B,) bool."""
     return np.asarray(p_value) < alpha
-
-
-def expected_flag_rate(n: int, alpha: float) -> float:
-    """The flag rate (ceil(alpha (n+1)) - 1) / (n+1) <= alpha of exchangeable, tie-free data."""
-    return (math.ceil(alpha * (n + 1)) - 1) / (n + 1)

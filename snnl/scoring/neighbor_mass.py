@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from snnl.core.distances import Distance, check_distance
-from snnl.core.kernel import Term, class_mean_log_mass
+from snnl.core.class_mass import class_mean_log_mass
+from snnl.core.distances import Distance, check_distance, distance_of
+from snnl.core.kernel import Term
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
 from snnl.scoring.nonconformity import MassTerm, NeighborMass
@@ -75,7 +76,7 @@ def fit_neighbor_mass(
         for g in geometries:
             distance = check_distance(g)
             t = perplexity_temperature(x, y, distance, perplexity, seed=seed)
-            term = Term(distance, t)
+            term = Term(distance_of(distance), t)
             loo = class_mean_log_mass(
                 x, sorted_labels, num_classes, term, x[rows], classes, _CHUNK, exclude=rows
             )

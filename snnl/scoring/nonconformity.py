@@ -1,9 +1,11 @@
 """The kinds of nonconformity a(x) a model can serve, as plain (frozen) dataclasses.
 
-The model manifest stores one of these (``kind`` tells which); the math that fits and applies
-them (snnl.scoring.neighbor_mass, snnl.scoring.conformal) works on these plain values and never
-sees the manifest. Each checks its own values on construction (ValueError), so a manifest that
-holds an invalid one fails to validate. The method is described in docs/method.md.
+The model manifest stores one of these (``kind`` tells which); each computes its a(x) from a
+batch's scores (``apply``) and names the neighbor-mass terms the scorer must sum for it
+(``mass_terms``). Fitting the neighbor-mass kind is snnl.scoring.neighbor_mass; p-values from
+the calibration's sorted a(x) are snnl.scoring.conformal. Each checks its own values on
+construction (ValueError), so a manifest that holds an invalid one fails to validate. The method
+is described in docs/method.md.
 """
 
 from __future__ import annotations
@@ -12,9 +14,20 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from snnl.core.distances import Distance
+from snnl.scoring.scorer import BatchScores, MassTermKey
 
 NONCONFORMITY_KINDS: tuple[str, ...] = ("neighbor-mass", "neg-log-score")
+SCORE_FLOOR = 1e-12
+_LOG_FLOOR = math.log(SCORE_FLOOR)
+
+
+def neg_log_score(log_score: np.ndarray) -> np.ndarray:
+    """a = sum_l -log max(s_l, 1e-12) (B,) from log s_l (B, L); -inf (s = 0) counts as 1e-12."""
+    floored = np.maximum(np.asarray(log_score, dtype=np.float64), _LOG_FLOOR)
+    return 0.0 - floored.sum(axis=1)  # 0.0 - x: no negative zero when every s_l = 1
 
 
 @dataclass(frozen=True)
@@ -54,9 +67,36 @@ class NeighborMass:
         if not self.terms:
             raise ValueError("terms: expected at least one term")
 
+    @property
+    def mass_terms(self) -> tuple[MassTermKey, ...]:
+        """(layer, distance, temperature) of each term, in order: what the scorer sums."""
+        return tuple((t.layer, t.distance, t.temperature) for t in self.terms)
+
+    def apply(self, scores: BatchScores) -> np.ndarray:
+        """a (B,) of a batch from its neighbor masses at the predicted class."""
+        return self.from_log_mass(scores.log_mass)
+
+    def from_log_mass(self, log_mass: np.ndarray) -> np.ndarray:
+        """a (B,) = -sum_t (m_t - mean_t) / std_t from the terms' masses ``log_mass`` (B, K)."""
+        m = np.asarray(log_mass, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != len(self.terms):
+            raise ValueError(f"log_mass must be (B, {len(self.terms)}), got {m.shape}")
+        mean = np.array([t.mean for t in self.terms])
+        std = np.array([t.std for t in self.terms])
+        return 0.0 - ((m - mean) / std).sum(axis=1)
+
 
 @dataclass(frozen=True)
 class NegLogScore:
-    """a(x) = sum_l -log max(s_l(x), 1e-12) (snnl.scoring.conformal.nonconformity)."""
+    """a(x) = sum_l -log max(s_l(x), 1e-12) (``neg_log_score``)."""
 
     kind: Literal["neg-log-score"] = "neg-log-score"
+
+    @property
+    def mass_terms(self) -> tuple[MassTermKey, ...]:
+        """None: this kind needs the soft-neighbor scores only."""
+        return ()
+
+    def apply(self, scores: BatchScores) -> np.ndarray:
+        """a (B,) of a batch from its per-layer scores."""
+        return neg_log_score(scores.log_score)

@@ -1,4 +1,4 @@
-"""Exact soft-neighbor scores of a batch against a reference set: partial sums, merge, finalize.
+"""Exact soft-neighbor scores of a batch against a reference set: shard sums, merge, finalize.
 
 For a query h with predicted class c, in layer l with temperature T and distance D:
 
@@ -14,29 +14,29 @@ Everything is a per-class log-sum over the reference rows (snnl.core.kernel: one
 layer and chunk, per-class sums over the slices of the label-sorted reference), so it decomposes
 over any split of the rows into *shards*. That is the scoring API, local or distributed:
 
-1. ``SoftNeighborScorer.partial(queries, predicted, top=m)`` over the scorer's rows -> a
-   ``ScorePartial``. A scorer built on rows [a, a + n) of the label-sorted reference with
+1. ``SoftNeighborScorer.shard_sums(queries, predicted, top=m)`` over the scorer's rows -> a
+   ``ShardSums``. A scorer built on rows [a, a + n) of the label-sorted reference with
    ``row_offset=a`` is a shard: its row ids are global.
-2. ``merge_partials([...])``: logaddexp of the per-class sums, sum of the class counts, top-m of
+2. ``merge_shard_sums([...])``: logaddexp of the per-class sums, sum of the class counts, top-m of
    the union of the nearest rows. Associative and commutative (up to float rounding of logaddexp
    and ties among equal distances).
-3. ``finalize(partial, predicted, k=..., neighbors=...)`` -> ``BatchScores``.
+3. ``finalize(sums, predicted, k=..., neighbors=...)`` -> ``BatchScores``.
 
-``SoftNeighborScorer.score`` is exactly finalize(partial(all rows)), so a local and a sharded
+``SoftNeighborScorer.score`` is exactly finalize(shard_sums(all rows)), so a local and a sharded
 scorer share one code path. All shards must be given the same queries, layers, temperatures,
 distances, mass terms, compute dtype, ``predicted`` and ``top``.
 
 The prediction: with logits (a network) it is argmax logits, known before the neighbor search;
-pass it to ``partial`` and the mass terms are summed over each query's own class only. For an
+pass it to ``shard_sums`` and the mass terms are summed over each query's own class only. For an
 embedding-only model the prediction is argmax_k m_k(h) of the LAST layer (``predict``), which
 needs every row. Two ways, both exact:
 
-* two rounds (``score`` for very small and for large batches): ``partial(..., predicted=None,
-  mass=False)`` on every shard, merge, ``predict``; then ``partial(..., predicted=pred,
+* two rounds (``score`` for very small and for large batches): ``shard_sums(..., predicted=None,
+  mass=False)`` on every shard, merge, ``predict``; then ``shard_sums(..., predicted=pred,
   score=False)`` on every shard (each class's queries against that class's rows only: about 1/C
   of the first round's products), merge, and put its ``term_log_mass`` into the first merged
-  partial (``dataclasses.replace``) before ``finalize``;
-* one round (``score`` for batches in between): ``partial(..., predicted=None)`` sums the mass
+  sums (``dataclasses.replace``) before ``finalize``;
+* one round (``score`` for batches in between): ``shard_sums(..., predicted=None)`` sums the mass
   terms for every class (B x C each, an elementwise pass over B x N per term) and ``finalize``
   picks them at its prediction.
 
@@ -51,12 +51,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from snnl.core.distances import Distance, check_distance
-from snnl.core.kernel import LayerKernel, Term, compute_dtype_of, log_add, log_mean
+from snnl.core.distances import Distance, distance_of
+from snnl.core.kernel import LayerKernel, Term, compute_dtype_of
+from snnl.core.logspace import log_add, log_mean
 
 DEFAULT_CHUNK_SIZE = 4096  # CPU: B x 4096 logits stay in the caches for small B
 GPU_CHUNK_SIZE = 1 << 18  # GPU: few, large kernels (launches, not memory, limit small batches)
@@ -90,7 +92,7 @@ class BatchScores:
 
 
 @dataclass(frozen=True)
-class ScorePartial:
+class ShardSums:
     """Mergeable sums of a batch of B queries over a set of reference rows (a shard, or all).
 
     * ``class_log_mass`` (L, B, C): logsumexp over the set's rows of class k of the layer's
@@ -113,17 +115,17 @@ class ScorePartial:
     top_labels: torch.Tensor
 
 
-def merge_partials(parts: Sequence[ScorePartial]) -> ScorePartial:
-    """The partial of the union of disjoint row sets, from their partials (same queries, same
+def merge_shard_sums(parts: Sequence[ShardSums]) -> ShardSums:
+    """The sums of the union of disjoint row sets, from their sums (same queries, same
     top width m: the m largest of the union are kept)."""
     if not parts:
-        raise ValueError("merge_partials needs at least one partial")
+        raise ValueError("merge_shard_sums needs at least one ShardSums")
     if len(parts) == 1:
         return parts[0]
     values = torch.cat([p.top_values for p in parts], 2)
     width = parts[0].top_values.shape[2]
     values, pick = values.topk(width, dim=2, sorted=False)
-    return ScorePartial(
+    return ShardSums(
         class_log_mass=log_add([p.class_log_mass for p in parts]),
         term_log_mass=log_add([p.term_log_mass for p in parts]),
         class_count=torch.stack([p.class_count for p in parts]).sum(0),
@@ -133,35 +135,43 @@ def merge_partials(parts: Sequence[ScorePartial]) -> ScorePartial:
     )
 
 
-def predict(partial: ScorePartial) -> torch.Tensor:
+def top_width(k: int, neighbors: int, reference_size: int) -> int:
+    """m = min(max(k, neighbors), N): the nearest rows the sums keep for a score with hard-count
+    neighborhood ``k`` and ``neighbors`` ids over N reference rows (all shards together)."""
+    if k < 0 or neighbors < 0:
+        raise ValueError(f"k and neighbors must be >= 0, got {k} and {neighbors}")
+    return min(max(k, neighbors), reference_size)
+
+
+def predict(sums: ShardSums) -> torch.Tensor:
     """The soft-neighbor prediction (B,): argmax_k of the last layer's class masses (models
     without logits)."""
-    return partial.class_log_mass[-1].argmax(1)
+    return sums.class_log_mass[-1].argmax(1)
 
 
 def finalize(
-    partial: ScorePartial,
+    sums: ShardSums,
     predicted: torch.Tensor | None,
     *,
     k: int,
     neighbors: int,
 ) -> BatchScores:
-    """Scores from the partial of ALL reference rows.
+    """Scores from the sums of ALL reference rows.
 
     ``predicted`` (B,) or None (embedding-only: argmax of the last layer's class masses). ``k``
     the hard-count neighborhood, ``neighbors`` how many nearest ids per layer (0: none); both at
-    most the partial's top width m (which is min(max(k, neighbors), N) when built by a scorer).
+    most the sums' top width m (``top_width(k, neighbors, N)``).
     """
-    mass = partial.class_log_mass
+    mass = sums.class_log_mass
     log_probability = mass[-1] - mass[-1].logsumexp(1, keepdim=True)
-    pred = predict(partial) if predicted is None else predicted.to(mass.device, torch.int64)
+    pred = predict(sums) if predicted is None else predicted.to(mass.device, torch.int64)
     at_pred = pred[None, :, None].expand(mass.shape[0], -1, 1)
     log_score = mass.gather(2, at_pred)[..., 0] - mass.logsumexp(2)
-    terms = partial.term_log_mass
-    count = partial.class_count.to(terms.device)[pred]
+    terms = sums.term_log_mass
+    count = sums.class_count.to(terms.device)[pred]
     at_pred = pred[None, :, None].expand(terms.shape[0], -1, 1)
     log_mass = log_mean(terms.gather(2, at_pred)[..., 0], count)
-    values, rows, labels = partial.top_values, partial.top_rows, partial.top_labels
+    values, rows, labels = sums.top_values, sums.top_rows, sums.top_labels
     ids = None
     if max(k, neighbors) < values.shape[2] or neighbors > 0:
         # nearest first; equal values by row id (stable sorts), as a sort by distance would
@@ -180,6 +190,31 @@ def finalize(
         class_probability=log_probability.exp().double().cpu().numpy(),
         log_mass=log_mass.T.double().cpu().numpy(),
     )
+
+
+class Scorer(Protocol):
+    """What a ``Detector`` needs from its scorer: ``SoftNeighborScorer`` over rows on one
+    device, or ``snnl.sharding.scorer.ShardedScorer`` over rows held by Ray actors."""
+
+    @property
+    def reference_size(self) -> int:
+        """N, the number of reference rows (all shards together)."""
+        ...
+
+    def score(
+        self,
+        queries: Mapping[str, torch.Tensor],
+        predicted: torch.Tensor | None = None,
+        *,
+        k: int = 50,
+        neighbors: int = 0,
+    ) -> BatchScores:
+        """Scores of a batch {layer: (B, d_l)}; ``predicted`` (B,) or None (embedding-only)."""
+        ...
+
+    def unavailable(self) -> str | None:
+        """None when ``score`` can answer now; else why not."""
+        ...
 
 
 class SoftNeighborScorer:
@@ -261,15 +296,12 @@ class SoftNeighborScorer:
         """N, the number of reference rows (of this shard)."""
         return int(self.labels.shape[0])
 
-    def top_width(self, k: int, neighbors: int, reference_size: int | None = None) -> int:
-        """m = min(max(k, neighbors), N): the nearest rows a partial keeps for ``score``; a shard
-        passes the whole reference's N."""
-        if k < 0 or neighbors < 0:
-            raise ValueError(f"k and neighbors must be >= 0, got {k} and {neighbors}")
-        return min(max(k, neighbors), reference_size or self.reference_size)
+    def unavailable(self) -> str | None:
+        """Always None: the rows are in this process."""
+        return None
 
     @torch.inference_mode()
-    def partial(
+    def shard_sums(
         self,
         queries: Mapping[str, torch.Tensor],
         predicted: torch.Tensor | None = None,
@@ -277,8 +309,8 @@ class SoftNeighborScorer:
         top: int,
         score: bool = True,
         mass: bool = True,
-    ) -> ScorePartial:
-        """The ``ScorePartial`` of a batch over this scorer's rows: ``queries`` maps every layer
+    ) -> ShardSums:
+        """The ``ShardSums`` of a batch over this scorer's rows: ``queries`` maps every layer
         to (B, d_l); ``predicted`` (B,) or None (module docstring); ``top`` the width m of the
         nearest rows kept (padded with -inf / -1 beyond this scorer's N). ``score=False`` leaves
         the class masses and nearest rows out (-inf, width 0), ``mass=False`` the mass terms."""
@@ -286,7 +318,7 @@ class SoftNeighborScorer:
         local_top = min(top, self.reference_size) if score else 0
         sums, values, rows = [], [], []
         for name, kernel in zip(self.layers, self._kernels, strict=True):
-            result = kernel.partial(
+            result = kernel.log_sums(
                 kernel.prepare(queries[name]),
                 classes,
                 local_top,
@@ -313,7 +345,7 @@ class SoftNeighborScorer:
         batch = top_values.shape[1]
         terms = [sums[layer][term].to(exact) for layer, term in self._mass]
         empty = torch.empty((0, batch, self.num_classes), dtype=exact, device=self.device)
-        return ScorePartial(
+        return ShardSums(
             class_log_mass=torch.stack([s[0].to(exact) for s in sums]),
             term_log_mass=torch.stack(terms) if terms else empty,
             class_count=self._class_count,
@@ -340,15 +372,15 @@ class SoftNeighborScorer:
         hard-count neighborhood,
         ``neighbors`` how many nearest ids to return per layer (0: none).
         """
-        top = self.top_width(k, neighbors)
+        top = top_width(k, neighbors, self.reference_size)
         batch = len(next(iter(queries.values())))
         one_round = ONE_ROUND_FROM <= batch < TWO_ROUNDS_PER_CLASS * self.num_classes
         if predicted is not None or not self._mass or one_round:
-            part = self.partial(queries, predicted, top=top)
+            part = self.shard_sums(queries, predicted, top=top)
             return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
-        part = self.partial(queries, None, top=top, mass=False)
+        part = self.shard_sums(queries, None, top=top, mass=False)
         predicted = predict(part)
-        terms = self.partial(queries, predicted, top=top, score=False).term_log_mass
+        terms = self.shard_sums(queries, predicted, top=top, score=False).term_log_mass
         part = replace(part, term_log_mass=terms)
         return finalize(part, predicted, k=min(k, top), neighbors=neighbors)
 
@@ -362,4 +394,4 @@ def _term(layer: str, distance: str, temperature: float) -> Term:
     t = float(temperature)
     if not (t > 0 and math.isfinite(t)):
         raise ValueError(f"temperature of layer {layer!r} must be > 0, got {temperature}")
-    return Term(check_distance(distance), t)
+    return Term(distance_of(distance), t)

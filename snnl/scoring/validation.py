@@ -1,4 +1,8 @@
-"""Checks of what a caller hands a Detector; each failure is an InputError naming the field."""
+"""Checks of what a caller hands a Detector; each failure is an InputError naming the field.
+
+``check_inputs`` and ``check_embeddings`` are the only makers of a checked batch
+(snnl.scoring.batch): what passes them is never checked again.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from snnl.errors import InputError
+from snnl.scoring.batch import CheckedFeatures, CheckedSamples
 
 
 def _array(value: Any, field: str) -> np.ndarray:
@@ -38,7 +43,7 @@ def _finite_float32(array: np.ndarray, field: str) -> np.ndarray:
     return out
 
 
-def check_inputs(x: Any, input_shape: tuple[int, ...]) -> np.ndarray:
+def check_inputs(x: Any, input_shape: tuple[int, ...]) -> CheckedSamples:
     """Samples (B, *input_shape) float32 from ``x`` of shape (B, *input_shape) or (B, prod)."""
     size = math.prod(input_shape)
     array = _array(x, "inputs")
@@ -50,12 +55,10 @@ def check_inputs(x: Any, input_shape: tuple[int, ...]) -> np.ndarray:
             f" or (B, {', '.join(map(str, input_shape))})" if len(input_shape) > 1 else ""
         )
         raise InputError(f"inputs: expected shape {expected}, got {shape}")
-    return _finite_float32(array, "inputs").reshape(shape[0], *input_shape)
+    return CheckedSamples(_finite_float32(array, "inputs").reshape(shape[0], *input_shape))
 
 
-def check_embeddings(
-    embeddings: Mapping[str, Any], dims: Mapping[str, int]
-) -> dict[str, np.ndarray]:
+def check_embeddings(embeddings: Any, dims: Mapping[str, int]) -> CheckedFeatures:
     """{layer: (B, d_l) float32} with exactly the layers of ``dims`` and one batch size B."""
     if not isinstance(embeddings, Mapping):
         raise InputError(
@@ -78,7 +81,7 @@ def check_embeddings(
             raise InputError(f"{field}: {raw.shape[0]} rows, other layers have {batch}")
         batch = raw.shape[0]
         out[name] = _finite_float32(raw, field)
-    return out
+    return CheckedFeatures(out)
 
 
 def check_alpha(alpha: float | None, default: float) -> float:

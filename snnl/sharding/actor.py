@@ -3,9 +3,9 @@
 The actor reads rows [start, stop) of every served layer from the repository's
 reference.safetensors (snnl.sharding.rows.read_rows: only those rows) and builds the ordinary
 ``SoftNeighborScorer`` over them with ``row_offset=start``, so its row ids are global. Its one
-job is ``partial``: the scorer's mergeable sums of a batch over its rows
-(snnl.scoring.scorer.ScorePartial). The math lives in the scorer; the driver merges the shards'
-partials and finalizes them (snnl.sharding.scorer).
+job is ``shard_sums``: the scorer's mergeable sums of a batch over its rows
+(snnl.scoring.scorer.ShardSums). The math lives in the scorer; the driver merges the shards'
+sums and finalizes them (snnl.sharding.scorer).
 
 The class is plain Python: snnl.sharding.cluster wraps it with ``ray.remote`` when it creates the
 actors, so importing this module does not import Ray. When Ray restarts a dead actor it runs
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from snnl.core.distances import Distance
-from snnl.scoring.scorer import ScorePartial, SoftNeighborScorer, default_chunk_size
+from snnl.scoring.scorer import ShardSums, SoftNeighborScorer, default_chunk_size
 from snnl.sharding.rows import FileStamp, read_rows
 
 
@@ -98,14 +98,14 @@ class ShardActor:
             "device": self.spec.device,
         }
 
-    def partial(
+    def shard_sums(
         self, batch: tuple[Mapping[str, np.ndarray], np.ndarray | None], top: int
-    ) -> ScorePartial:
-        """The shard's ``ScorePartial`` of ``batch`` = ({layer: (B, d_l)}, predicted (B,) or
+    ) -> ShardSums:
+        """The shard's ``ShardSums`` of ``batch`` = ({layer: (B, d_l)}, predicted (B,) or
         None), keeping the ``top`` nearest rows; all tensors on the CPU."""
         queries, predicted = batch
         # copies (B x d, cheap): Ray hands over read-only views of its object store
-        part = self._scorer.partial(
+        part = self._scorer.shard_sums(
             {name: torch.tensor(q) for name, q in queries.items()},
             None if predicted is None else torch.tensor(predicted),
             top=top,

@@ -1,4 +1,6 @@
-"""Opening a model of the repository with its reference rows sharded over Ray actors.
+"""Loading a model of the repository with its reference rows sharded over Ray actors.
+
+    det = load_sharded_detector("models", "digits-mlp", shards=4)   # a snnl.Detector
 
 The driver (the process that runs the forward pass and the calibration) verifies every file's
 sha256 as an unsharded load does, streaming the reference file so that it never holds it, and
@@ -9,58 +11,50 @@ still the one verified (size and modification time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from snnl.errors import InputError, RepositoryError
+from snnl.model.detector import ComputeDtype, Detector, check_compute_dtype
 from snnl.model.manifest import REFERENCE_FILE, Manifest
 from snnl.model.reference import ReferenceSet
+from snnl.model.runtime import resolve_device
 from snnl.model.store import load_manifest, read_verified, verify_file
-from snnl.scoring.nonconformity import NeighborMass
 from snnl.sharding.actor import ScorerSettings, ShardSpec
 from snnl.sharding.cluster import connect, start_shards
 from snnl.sharding.rows import FileStamp, reference_outline, shard_bounds
 from snnl.sharding.scorer import DEFAULT_TIMEOUT_S, ShardedScorer
 
-BACKENDS: tuple[str, ...] = ("ray",)
 LOAD_TIMEOUT_S = 600.0
 
 
-@dataclass(frozen=True)
-class ShardedModel:
-    """What ``Detector.load`` needs from a sharded open: the manifest, the bytes of every file
-    but the reference, the reference's outline and labels, and the scorer."""
-
-    manifest: Manifest
-    files: dict[str, bytes]
-    reference: ReferenceSet
-    scorer: ShardedScorer
-
-
-def open_sharded(
+def load_sharded_detector(
     repository: str | Path,
     name: str,
     *,
     shards: int,
-    backend: str = "ray",
     ray_address: str | None = None,
     device: str = "auto",
+    threads: int | None = None,
     chunk_size: int | None = None,
-    compute_dtype: torch.dtype | None = None,
+    compute_dtype: ComputeDtype = "float32",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     load_timeout_s: float = LOAD_TIMEOUT_S,
-) -> ShardedModel:
-    """Verify ``repository/<name>``, start ``shards`` shard actors on Ray and return the parts.
+) -> Detector:
+    """``Detector.load`` with every layer's reference rows split into ``shards`` shards held by
+    Ray actors at ``ray_address`` (None: a private local cluster, or the one in ``RAY_ADDRESS``;
+    "auto" or "ray://host:10001": a running one); the scores are the same as unsharded.
 
-    The shards run on GPUs ("cuda", one GPU each) when ``device`` is not "cpu" and the cluster
-    has GPUs, else on CPUs. InputError for a bad ``shards`` or ``backend``; RepositoryError for a
-    missing, tampered or malformed file; UnavailableError when a shard cannot be placed or
-    loaded within ``load_timeout_s``.
+    This process verifies ``repository/<name>``, runs the forward pass and the calibration; the
+    shards run on GPUs ("cuda", one GPU each) when ``device`` is not "cpu" and the cluster has
+    GPUs, else on CPUs. ``threads``, ``chunk_size``, ``compute_dtype``: as for
+    ``Detector.load``. InputError for a bad ``shards``; RepositoryError for a missing, tampered
+    or malformed file; UnavailableError when a shard cannot be placed or loaded within
+    ``load_timeout_s``.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    dtype = check_compute_dtype(compute_dtype)
+    target = resolve_device(device)
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise InputError(f"shards: expected an integer >= 1, got {shards!r}")
     manifest = load_manifest(repository, name)
@@ -93,27 +87,33 @@ def open_sharded(
             start=start,
             stop=stop,
             device=_shard_device(device),
-            settings=_settings(manifest, chunk_size, compute_dtype),
+            settings=_settings(manifest, chunk_size, dtype),
         )
         for i, (start, stop) in enumerate(shard_bounds(reference.size, shards))
     ]
     actors = start_shards(specs, shared=shared, timeout_s=load_timeout_s)
-    return ShardedModel(
-        manifest, files, reference, ShardedScorer(actors, specs, timeout_s=timeout_s)
+    return Detector.from_files(
+        folder,
+        manifest,
+        files,
+        reference,
+        device=target,
+        threads=threads,
+        chunk_size=chunk_size,
+        compute_dtype=compute_dtype,
+        scorer=ShardedScorer(actors, specs, timeout_s=timeout_s),
     )
 
 
 def _settings(
     manifest: Manifest, chunk_size: int | None, compute_dtype: torch.dtype | None
 ) -> ScorerSettings:
-    spec = manifest.nonconformity
-    terms = spec.terms if isinstance(spec, NeighborMass) else []
     return ScorerSettings(
         layers=tuple(layer.name for layer in manifest.layers),
         num_classes=len(manifest.class_names),
         temperatures=tuple(layer.temperature for layer in manifest.layers),
         distances=tuple(layer.distance for layer in manifest.layers),
-        mass_terms=tuple((t.layer, t.distance, t.temperature) for t in terms),
+        mass_terms=manifest.nonconformity.mass_terms,
         chunk_size=chunk_size,
         compute_dtype=compute_dtype,
     )

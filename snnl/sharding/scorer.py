@@ -5,7 +5,7 @@ Every score is exact. The scorer's sums decompose over any partition of the refe
 logsumexp_{j in s, y_j = k} z_bj (B x C numbers), the neighbor-mass sums (B x C per term, or only
 at the predicted class when it is known), its class counts and its local top-m (values, global row
 ids, labels). The driver merges them (a logsumexp over shards, a top-m of the union:
-``merge_partials``) and finalizes exactly as the local scorer does (``finalize``), so the result
+``merge_shard_sums``) and finalizes exactly as the local scorer does (``finalize``), so the result
 equals the local one up to float rounding of the sums.
 
 A call sends the batch once (``ray.put``) to the S shards, which work in parallel, and waits at
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from snnl.errors import UnavailableError
-from snnl.scoring.scorer import BatchScores, ScorePartial, finalize, merge_partials
+from snnl.scoring.scorer import BatchScores, ShardSums, finalize, merge_shard_sums, top_width
 from snnl.sharding.actor import ShardSpec
 from snnl.sharding.cluster import error_reason
 
@@ -70,17 +70,15 @@ class ShardedScorer:
         k: int = 50,
         neighbors: int = 0,
     ) -> BatchScores:
-        """Scores of a batch, as ``SoftNeighborScorer.score``: finalize(merge(shard partials))."""
-        if k < 0 or neighbors < 0:
-            raise ValueError(f"k and neighbors must be >= 0, got {k} and {neighbors}")
-        top = min(max(k, neighbors), self.reference_size)
-        parts = self.partials(queries, predicted, top)
-        return finalize(merge_partials(parts), predicted, k=min(k, top), neighbors=neighbors)
+        """Scores of a batch, as ``SoftNeighborScorer.score``: finalize(merge(shard sums))."""
+        top = top_width(k, neighbors, self.reference_size)
+        parts = self.gather_sums(queries, predicted, top)
+        return finalize(merge_shard_sums(parts), predicted, k=min(k, top), neighbors=neighbors)
 
-    def partials(
+    def gather_sums(
         self, queries: Mapping[str, torch.Tensor], predicted: torch.Tensor | None, top: int
-    ) -> list[ScorePartial]:
-        """Every shard's ``ScorePartial`` of the batch (shard order); UnavailableError if any
+    ) -> list[ShardSums]:
+        """Every shard's ``ShardSums`` of the batch (shard order); UnavailableError if any
         shard fails or does not answer within ``timeout_s``."""
         import ray
 
@@ -89,7 +87,7 @@ class ShardedScorer:
             None if predicted is None else predicted.cpu().numpy().astype(np.int64),
         )
         shared = ray.put(batch)
-        refs = [actor.partial.remote(shared, top) for actor in self.actors]
+        refs = [actor.shard_sums.remote(shared, top) for actor in self.actors]
         return self._gather(refs, self.timeout_s, "scoring")
 
     def unavailable(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:

@@ -215,6 +215,9 @@ def load_fashion_mnist(
     return np.concatenate(images), np.concatenate(labels)
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
 def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` archive ``path``, never unpickling.
 
@@ -234,15 +237,37 @@ def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
     except InputError:
         raise
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise InputError(
-                f"{path}: holds an object array, which numpy stores pickled; refused: "
-                "save numeric arrays only"
-            ) from err
-        raise InputError(f"{path}: damaged .npz archive ({err})") from err
-    except (OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: damaged .npz archive ({err})") from err
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise _load_error(path, ".npz archive", err) from err
+
+
+def read_sample_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a samples file: every array of an ``.npz`` archive, or the one array of an
+    ``.npy`` file as ``{"x": array}`` (the samples, as the HTTP API takes them), never unpickling.
+
+    FileNotFoundError when there is no such file; InputError otherwise (as ``read_npz_arrays``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    with path.open("rb") as stream:
+        is_npy = stream.read(len(NPY_MAGIC)) == NPY_MAGIC
+    if not is_npy:
+        return read_npz_arrays(path)
+    try:
+        return {"x": np.load(path, allow_pickle=False)}
+    except (ValueError, OSError, EOFError) as err:
+        raise _load_error(path, ".npy file", err) from err
+
+
+def _load_error(path: Path, kind: str, err: Exception) -> InputError:
+    """What ``np.load(allow_pickle=False)`` refusing ``path`` means for the user."""
+    if isinstance(err, ValueError) and "pickle" in str(err):
+        return InputError(
+            f"{path}: holds an object array, which numpy stores pickled; refused: "
+            "save numeric arrays only"
+        )
+    return InputError(f"{path}: damaged {kind} ({err})")
 
 
 def read_npz(

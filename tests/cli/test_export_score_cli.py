@@ -117,7 +117,8 @@ def test_errors_are_one_line_and_exit_2(
             "temperature rule",
         ),
         (("index", "test.npz", "--repository", "models", "--name", "x"), "missing key 'y'"),
-        ((*SCORE, "digits", "bare.npy"), "not an .npz archive"),
+        ((*SCORE, "digits", "short.npy"), "inputs: expected shape (B, 64)"),
+        ((*SCORE, "digits", "objects.npy"), "holds an object array"),
         (
             (
                 "export",
@@ -142,11 +143,24 @@ def test_more_errors_in_process(
 ) -> None:
     monkeypatch.chdir(workdir)
     (workdir / "garbage.npz").write_bytes(b"not a zip")
-    np.save(workdir / "bare.npy", np.zeros((2, 64), np.float32))
+    np.save(workdir / "short.npy", np.zeros((2, 63), np.float32))
+    np.save(workdir / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     assert main(list(args)) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_score_takes_an_npy_of_samples_as_an_npz_with_x(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    np.save(workdir / "test.npy", np.load(workdir / "test.npz")["x"])
+    assert main([*SCORE, "digits", "test.npz"]) == 0
+    from_npz = capsys.readouterr().out
+    assert main([*SCORE, "digits", "test.npy"]) == 0
+    from_npy = capsys.readouterr().out
+    assert from_npy == from_npz and len(from_npy.splitlines()) == 40
 
 
 def test_bad_sample_is_named_by_its_row_in_the_file_before_any_output(

@@ -18,13 +18,15 @@ from service.http.errors import TooLarge, Unavailable
 from service.http.metrics import ServiceMetrics
 from service.runtime.batcher import DynamicBatcher
 from service.runtime.runner import BatchError
+from snnl.scoring.batch import CheckedSamples
 from snnl.scoring.results import ScoreResult
 
 LAYERS = ("h",)
 
 
-def row_result(x: np.ndarray, alpha: float | None, neighbors: int) -> ScoreResult:
+def row_result(batch: CheckedSamples, alpha: float | None, neighbors: int) -> ScoreResult:
     """Scores of x (B, 2): prediction x0, p-value x1, soft-neighbor score 1 - x1."""
+    x = batch.x
     b = x.shape[0]
     alpha = 0.05 if alpha is None else alpha
     p = x[:, 1].astype(np.float64)
@@ -57,19 +59,20 @@ class Recorder:
         self.release.set()
         self.entered = threading.Event()
 
-    def __call__(self, x: Any, alpha: float | None, neighbors: int) -> ScoreResult:
+    def __call__(self, batch: Any, alpha: float | None, neighbors: int) -> ScoreResult:
         self.entered.set()
         self.release.wait(10)
-        self.calls.append((x.shape[0], alpha, neighbors))
-        if self.fail is not None and self.fail(x):
-            raise ValueError(f"bad batch of {x.shape[0]}")
-        return row_result(x, alpha, neighbors)
+        self.calls.append((len(batch), alpha, neighbors))
+        if self.fail is not None and self.fail(batch.x):
+            raise ValueError(f"bad batch of {len(batch)}")
+        return row_result(batch, alpha, neighbors)
 
 
-def samples(first: int, n: int) -> np.ndarray:
-    """n rows with ids first..first+n-1 and p-values in (0, 1)."""
+def samples(first: int, n: int) -> CheckedSamples:
+    """n rows with ids first..first+n-1 and p-values in (0, 1), as the service's parsing checks
+    them."""
     ids = np.arange(first, first + n, dtype=np.float32)
-    return np.stack([ids, (ids % 97 + 1) / 100], axis=1).astype(np.float32)
+    return CheckedSamples(np.stack([ids, (ids % 97 + 1) / 100], axis=1).astype(np.float32))
 
 
 def run_with(
@@ -99,7 +102,8 @@ def run_with(
     return asyncio.run(main()), metrics
 
 
-def assert_rows(result: ScoreResult, x: np.ndarray) -> None:
+def assert_rows(result: ScoreResult, batch: CheckedSamples) -> None:
+    x = batch.x
     np.testing.assert_array_equal(result.prediction, x[:, 0].astype(np.int64))
     np.testing.assert_array_equal(result.p_value, x[:, 1].astype(np.float64))
 
@@ -175,11 +179,11 @@ def test_alpha_and_neighbors_are_honored_inside_a_merged_batch() -> None:
     for result, (x, a, k) in zip(results, requests, strict=True):
         assert_rows(result, x)
         assert result.alpha == (0.05 if a is None else a)
-        np.testing.assert_array_equal(result.outlier, x[:, 1] < result.alpha)
+        np.testing.assert_array_equal(result.outlier, x.x[:, 1] < result.alpha)
         if k:
             assert result.neighbor_ids is not None
             assert result.neighbor_ids.shape == (len(x), 1, k)
-            np.testing.assert_array_equal(result.neighbor_ids[:, 0, 0], x[:, 0].astype(np.int64))
+            np.testing.assert_array_equal(result.neighbor_ids[:, 0, 0], x.x[:, 0].astype(np.int64))
         else:
             assert result.neighbor_ids is None
 
@@ -213,7 +217,7 @@ def test_a_bad_request_fails_alone_and_the_others_of_its_batch_succeed() -> None
 
 def test_a_wrong_number_of_result_rows_fails_every_request() -> None:
     def short(x: Any, alpha: float | None, neighbors: int) -> ScoreResult:
-        return row_result(x[:-1], alpha, neighbors)
+        return row_result(x.rows(0, len(x) - 1), alpha, neighbors)
 
     inputs = [samples(2 * i, 2) for i in range(3)]
 

@@ -55,7 +55,7 @@ def test_examples_match_the_committed_default_model() -> None:
         SCORE_RESPONSE,
     )
     x = np.asarray(EVALUATE_REQUEST["inputs"], dtype=np.float32)
-    evaluation = evaluate_detector(detector, np.asarray(EVALUATE_REQUEST["labels"]), inputs=x)
+    evaluation = evaluate_detector(detector, np.asarray(EVALUATE_REQUEST["labels"]), x)
     assert_close(
         {"model": detector.name, "version": detector.version, **evaluation.to_dict()},
         EVALUATE_RESPONSE,

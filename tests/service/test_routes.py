@@ -338,7 +338,7 @@ def test_evaluate_a_model(server: Server, detector: Detector, digits: np.ndarray
     assert response.status_code == 200, response.text
     body = response.json()
     EvaluateResponse.model_validate(body)
-    expected = evaluate_detector(detector, y, inputs=x).to_dict()
+    expected = evaluate_detector(detector, y, x).to_dict()
     assert body == {"model": "digits-mlp", "version": detector.version, **expected}
     assert [layer["name"] for layer in body["layers"]] == list(detector.layers)
     by_name = post(
@@ -354,7 +354,7 @@ def test_evaluate_an_embedding_only_model(server: Server, blobs: Detector) -> No
     body = {"embeddings": {"embedding": e.tolist()}, "labels": y.tolist()}
     response = post(server, "/v1/models/blobs/evaluate", body)
     assert response.status_code == 200, response.text
-    expected = evaluate_detector(blobs, y, embeddings={"embedding": e}).to_dict()
+    expected = evaluate_detector(blobs, y, {"embedding": e}).to_dict()
     assert response.json() == {"model": "blobs", "version": blobs.version, **expected}
 
 

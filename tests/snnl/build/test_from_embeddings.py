@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snnl.model.detector import Detector
-from snnl.errors import InputError
 from snnl.build.from_embeddings import index_embeddings
-from snnl.model.store import list_models
 from snnl.core.temperature import entanglement
+from snnl.errors import InputError
+from snnl.model.detector import Detector
+from snnl.model.store import list_models
 
 
 def _write(path: Path, n: int = 300, d: int = 6, seed: int = 0) -> Path:

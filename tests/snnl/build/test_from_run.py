@@ -9,16 +9,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tests.snnl._tiny_run import make_run
 
-from snnl.model.detector import Detector
-from snnl.errors import InputError, RepositoryError, SnnlError
 from snnl.build.from_run import export_onnx, export_run, verify_onnx
-from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE
-from snnl.model.store import load_manifest
-from snnl.model.runtime import OnnxRunner
 from snnl.core.taps import LayerTaps
+from snnl.errors import InputError, RepositoryError, SnnlError
+from snnl.model.detector import Detector
+from snnl.model.manifest import CALIBRATION_FILE, ONNX_FILE, REFERENCE_FILE
+from snnl.model.runtime import OnnxRunner
+from snnl.model.store import load_manifest
 from snnl.training.loop import load_run
+from tests.snnl._tiny_run import make_run
 
 CREATED = "2024-01-01T00:00:00Z"
 

@@ -125,7 +125,7 @@ def test_bad_inputs(model: tuple[Detector, np.ndarray, np.ndarray]) -> None:
 
 def test_evaluate_detector_with_inputs(model: tuple[Detector, np.ndarray, np.ndarray]) -> None:
     det, x, y = model
-    got = evaluate_detector(det, y[:80], inputs=x[:80])
+    got = evaluate_detector(det, y[:80], x[:80])
     served = det.score(x[:80])
     assert got.accuracy == pytest.approx(np.mean(served.prediction == y[:80]))
     assert got.outlier_rate == pytest.approx(np.mean(served.outlier))
@@ -135,9 +135,9 @@ def test_evaluate_detector_with_inputs(model: tuple[Detector, np.ndarray, np.nda
         for layer, spec in zip(got.layers, det.manifest.layers, strict=True)
     )
     with pytest.raises(InputError, match="labels"):
-        evaluate_detector(det, y[:79], inputs=x[:80])
-    with pytest.raises(InputError, match="either"):
-        evaluate_detector(det, y[:80])
+        evaluate_detector(det, y[:79], x[:80])
+    with pytest.raises(InputError, match="has a network: send inputs"):
+        evaluate_detector(det, y[:80], {"fc1": x[:80]})
 
 
 def test_embedding_only_model(tmp_path: Path) -> None:
@@ -152,5 +152,5 @@ def test_embedding_only_model(tmp_path: Path) -> None:
     result = evaluate(det, x[300:], y[300:], {"far": far})
     assert set(result.ood["far"]) == {"soft_neighbor", "mahalanobis", "knn", RATIO}
     assert result.ood["far"]["soft_neighbor"].auroc > 0.9
-    got = evaluate_detector(det, y[300:], embeddings={"embedding": x[300:]})
+    got = evaluate_detector(det, y[300:], {"embedding": x[300:]})
     assert got.accuracy is not None and got.accuracy > 0.8

@@ -20,9 +20,11 @@ from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
 from snnl.model.manifest import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE
 from snnl.model.store import sha256
-from snnl.scoring.conformal import Calibration, expected_flag_rate, flag
+from snnl.scoring.batch import CheckedFeatures, row_chunks
+from snnl.scoring.conformal import Calibration, flag
 from snnl.scoring.results import ScoreResult
 from snnl.training.loop import load_run
+from tests.snnl._conformal import expected_flag_rate
 from tests.snnl._tiny_run import make_run
 
 CREATED = "2024-01-01T00:00:00Z"
@@ -137,8 +139,8 @@ def test_flag_rate_on_in_distribution_data_is_calibrated(embedding_repo: Path) -
     det = Detector.load(embedding_repo, "emb", device="cpu")
     assert det.manifest.nonconformity.kind == "neighbor-mass"
     x, _ = _clusters(1200, seed=7)
-    scores = det.batch_scores({"embedding": x}, None)
-    log_s, a = scores.log_score, det.nonconformity(scores)
+    scores = det.uncalibrated_scores({"embedding": x})
+    log_s, a = scores.log_score, det.manifest.nonconformity.apply(scores)
     rng = np.random.default_rng(0)
     n, repeats, alpha = 399, 1000, 0.05
     rates = []
@@ -305,22 +307,25 @@ def test_reference_features_are_checked_again(embedding_repo: Path, tmp_path: Pa
         det.reference_features("embedding")
 
 
-def test_score_in_batches_equals_one_call_and_checks_everything_first(
+def test_scoring_in_batches_equals_one_call_and_checks_everything_first(
     model_repo: tuple[Path, Path], embedding_repo: Path
 ) -> None:
     det = Detector.load(model_repo[0], "tiny", device="cpu")
     x = load_run(model_repo[1]).split.x_test[:23]
     whole = det.score(x, neighbors=2)
-    parts = list(det.score_in_batches(x, 5, neighbors=2))
+    checked = det.check(x)
+    parts = [det.score(rows, neighbors=2) for rows in row_chunks(checked, 5)]
     assert [len(p) for p in parts] == [5, 5, 5, 5, 3]
-    joined = ScoreResult.concatenate(parts)
-    assert joined.to_records() == whole.to_records()
+    assert ScoreResult.concatenate(parts).to_records() == whole.to_records()
+    assert det.score(x, neighbors=2, batch_size=5).to_records() == whole.to_records()
     bad = x.copy()
     bad[17, 0] = np.nan
-    with pytest.raises(InputError, match="inputs"):
-        det.score_in_batches(bad, 5)  # raised by the call, before any chunk is scored
+    with pytest.raises(InputError, match="sample 17"):
+        det.score(bad, batch_size=5)  # checked whole, before any chunk is scored
+    with pytest.raises(InputError, match="batch_size: expected >= 1"):
+        det.score(x, batch_size=0)
     with pytest.raises(InputError, match="embedding-only"):
-        Detector.load(embedding_repo, "emb", device="cpu").score_in_batches(x, 5)
+        Detector.load(embedding_repo, "emb", device="cpu").score(x, batch_size=5)
 
 
 def test_with_features_returns_the_forward_pass_that_was_scored(
@@ -328,7 +333,7 @@ def test_with_features_returns_the_forward_pass_that_was_scored(
 ) -> None:
     det = Detector.load(model_repo[0], "tiny", device="cpu")
     x = load_run(model_repo[1]).split.x_test[:9]
-    result = det.score_samples(x, with_features=True)
+    result = det.score(x, with_features=True)
     forward = det.forward(x)
     assert result.logits is not None and result.features is not None
     np.testing.assert_array_equal(result.logits, forward.logits)
@@ -340,7 +345,11 @@ def test_with_features_returns_the_forward_pass_that_was_scored(
     assert rows.features[det.layers[0]].shape[0] == 3 == rows.logits.shape[0]
     emb = Detector.load(embedding_repo, "emb", device="cpu")
     e = {"embedding": _clusters(4, seed=5)[0]}
-    validated = emb.check_samples(e)
-    scored = emb.score_samples(validated, validated=True, with_features=True)
+    checked = emb.check(e)
+    assert isinstance(checked, CheckedFeatures) and emb.check(checked) is checked
+    scored = emb.score(checked, with_features=True)
     assert scored.logits is None and scored.features is not None
-    assert scored.to_records() == emb.score_embeddings(e).to_records()
+    assert scored.to_records() == emb.score_features(e).to_records()
+    assert emb.score_embeddings(e).to_records() == scored.to_records()  # the documented alias
+    with pytest.raises(InputError, match="has a network: send inputs"):
+        det.score(checked)

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from snnl.errors import RepositoryError
-from snnl.scoring.conformal import Calibration, expected_flag_rate, flag, nonconformity
+from snnl.scoring.conformal import Calibration, flag
+from snnl.scoring.nonconformity import neg_log_score
+from tests.snnl._conformal import expected_flag_rate
 
 
 def test_nonconformity_floors_each_layer_at_1e_minus_12() -> None:
     log_s = np.array([[math.log(0.5), -math.inf], [0.0, math.log(1e-30)]])
     expected = [-math.log(0.5) - math.log(1e-12), 0.0 - math.log(1e-12)]
-    np.testing.assert_allclose(nonconformity(log_s), expected)
+    np.testing.assert_allclose(neg_log_score(log_s), expected)
 
 
 def test_p_values_match_brute_force_counts_with_ties() -> None:
@@ -24,7 +26,7 @@ def test_p_values_match_brute_force_counts_with_ties() -> None:
     calibration = Calibration.fit(["a", "b"], log_s)
     queries = np.log(rng.integers(1, 7, size=(25, 2)) / 6.0)
     a_cal = [sum(-max(v, math.log(1e-12)) for v in row) for row in log_s]
-    a_query = nonconformity(queries)
+    a_query = neg_log_score(queries)
     n = len(a_cal)
     expected_p = [(1 + sum(1 for ai in a_cal if ai >= a)) / (n + 1) for a in a_query]
     np.testing.assert_allclose(calibration.p_value(a_query), expected_p)
@@ -57,7 +59,7 @@ def test_flag_rate_is_calibrated_over_many_resplits() -> None:
         # Any continuous score distribution works; a heavy tail stresses the sorting.
         log_s = -(rng.standard_exponential(size=(n + m, 3)) ** 2)
         calibration = Calibration.fit(["a", "b", "c"], log_s[:n])
-        rates[r] = flag(calibration.p_value(nonconformity(log_s[n:])), alpha).mean()
+        rates[r] = flag(calibration.p_value(neg_log_score(log_s[n:])), alpha).mean()
     expected = expected_flag_rate(n, alpha)
     per_split_var = expected * (1 - expected) * (1 / (n + 2) + 1 / m)
     tolerance = 5 * math.sqrt(per_split_var / repeats)

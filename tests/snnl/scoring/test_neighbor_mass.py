@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.core.kernel import Term, class_mean_log_mass
+from snnl.core.class_mass import class_mean_log_mass
+from snnl.core.distances import distance_of
+from snnl.core.kernel import Term
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
-from snnl.scoring.conformal import mass_nonconformity
 from snnl.scoring.neighbor_mass import fit_neighbor_mass
 
 
@@ -51,7 +52,7 @@ def test_leave_one_out_class_mass_matches_loop(
         torch.from_numpy(ref),
         torch.from_numpy(y),
         3,
-        Term(distance, 0.5),  # type: ignore[arg-type]
+        Term(distance_of(distance), 0.5),
         torch.from_numpy(ref[skip.numpy()]),
         torch.from_numpy(y[skip.numpy()]),
         chunk_size,
@@ -90,7 +91,7 @@ def test_fit_and_nonconformity_match_loops(
         assert term.std == pytest.approx(np.std(loo), rel=1e-8)
         log_mass[:, k] = [slow_mass(x[i], r, y, prediction[i], t, g) for i in range(len(x))]
     expected = -sum((log_mass[:, k] - t.mean) / t.std for k, t in enumerate(spec.terms))
-    np.testing.assert_allclose(mass_nonconformity(log_mass, spec), expected, rtol=1e-12)
+    np.testing.assert_allclose(spec.from_log_mass(log_mass), expected, rtol=1e-12)
 
 
 def test_stats_use_a_subsample_of_the_reference(
@@ -110,7 +111,7 @@ def test_far_and_off_class_samples_are_less_conforming(
 ) -> None:
     ref, y, _ = data
     spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
-    terms = [Term(t.distance, t.temperature) for t in spec.terms]
+    terms = [Term(distance_of(t.distance), t.temperature) for t in spec.terms]
 
     def a(x: np.ndarray, c: np.ndarray) -> np.ndarray:
         m = [
@@ -125,7 +126,7 @@ def test_far_and_off_class_samples_are_less_conforming(
             )
             for term in terms
         ]
-        return mass_nonconformity(torch.stack(m, 1).numpy(), spec)
+        return spec.from_log_mass(torch.stack(m, 1).numpy())
 
     inside = a(ref[:10], y[:10])
     scaled = a(ref[:10] * 10.0, y[:10])  # same directions, far away
@@ -146,4 +147,4 @@ def test_bad_inputs(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         fit_neighbor_mass({"a": ref}, y.astype(float))
     spec = fit_neighbor_mass({"a": ref}, y, perplexity=5.0)
     with pytest.raises(ValueError, match="log_mass"):
-        mass_nonconformity(np.zeros((3, 1)), spec)
+        spec.from_log_mass(np.zeros((3, 1)))

@@ -11,8 +11,8 @@ from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs,
 
 def test_flat_and_nested_inputs_are_the_same_samples() -> None:
     nested = np.arange(12, dtype=np.int64).reshape(2, 2, 3)
-    a = check_inputs(nested, (2, 3))
-    b = check_inputs(nested.reshape(2, 6).tolist(), (2, 3))
+    a = check_inputs(nested, (2, 3)).x
+    b = check_inputs(nested.reshape(2, 6).tolist(), (2, 3)).x
     assert a.dtype == np.float32 and a.shape == (2, 2, 3) and a.flags.c_contiguous
     np.testing.assert_array_equal(a, b)
     with pytest.raises(
@@ -36,12 +36,12 @@ def test_bad_values_name_the_sample() -> None:
 
 def test_embeddings_need_one_batch_size() -> None:
     dims = {"a": 2, "b": 3}
-    out = check_embeddings({"a": [[1, 2]], "b": [[1.0, 2.0, 3.0]]}, dims)
+    out = check_embeddings({"a": [[1, 2]], "b": [[1.0, 2.0, 3.0]]}, dims).features
     assert out["a"].dtype == np.float32 and out["b"].shape == (1, 3)
     with pytest.raises(InputError, match=r"embeddings\.b: 2 rows, other layers have 1"):
         check_embeddings({"a": [[1, 2]], "b": np.zeros((2, 3))}, dims)
     with pytest.raises(InputError, match="expected a mapping"):
-        check_embeddings([[1, 2]], dims)  # type: ignore[arg-type]
+        check_embeddings([[1, 2]], dims)
 
 
 def test_alpha_and_neighbors() -> None:

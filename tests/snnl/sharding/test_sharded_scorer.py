@@ -16,6 +16,7 @@ from snnl.build.from_embeddings import index_embeddings
 from snnl.errors import InputError, UnavailableError
 from snnl.model.detector import Detector
 from snnl.scoring.results import ScoreResult
+from snnl.sharding import load_sharded_detector
 
 ray = pytest.importorskip("ray")
 
@@ -54,14 +55,14 @@ def _assert_same(sharded: ScoreResult, local: ScoreResult) -> None:
 def digits(ray_cluster: str) -> tuple[Detector, Detector]:
     """The committed digits model, local and in 2 shards."""
     local = Detector.load(REPOSITORY, "digits-mlp", device="cpu")
-    return local, Detector.load(REPOSITORY, "digits-mlp", device="cpu", shards=2)
+    return local, load_sharded_detector(REPOSITORY, "digits-mlp", device="cpu", shards=2)
 
 
 @pytest.fixture(scope="module")
 def emb(ray_cluster: str, embedding_repo: Path) -> tuple[Detector, Detector]:
     """The embedding-only model, local and in 3 shards."""
     local = Detector.load(embedding_repo, "emb", device="cpu")
-    return local, Detector.load(embedding_repo, "emb", device="cpu", shards=3)
+    return local, load_sharded_detector(embedding_repo, "emb", device="cpu", shards=3)
 
 
 def test_sharded_model_scores_equal_local(digits: tuple[Detector, Detector]) -> None:
@@ -83,26 +84,26 @@ def test_sharded_embedding_model_scores_equal_local(emb: tuple[Detector, Detecto
 def test_sharded_masses_equal_local(emb: tuple[Detector, Detector]) -> None:
     local, sharded = emb
     features = {"embedding": np.random.default_rng(8).normal(size=(40, 6)).astype(np.float32)}
-    expected = local.batch_scores(features, None)
-    scores = sharded.batch_scores(features, None)
+    expected = local.uncalibrated_scores(features)
+    scores = sharded.uncalibrated_scores(features)
     assert scores.log_mass.shape == expected.log_mass.shape == (40, 2)
     np.testing.assert_allclose(scores.log_mass, expected.log_mass, rtol=1e-6, atol=0)
     np.testing.assert_allclose(scores.log_score, expected.log_score, rtol=1e-6, atol=0)
 
 
 def test_bad_sharding_arguments_are_refused(ray_cluster: str) -> None:
-    with pytest.raises(InputError, match="backend: expected one of ray"):
-        Detector.load(REPOSITORY, "digits-mlp", device="cpu", shards=2, backend="dask")
     with pytest.raises(InputError, match="shards: expected an integer >= 1"):
-        Detector.load(REPOSITORY, "digits-mlp", device="cpu", shards=-1)
+        load_sharded_detector(REPOSITORY, "digits-mlp", device="cpu", shards=-1)
     with pytest.raises(InputError, match="shards: expected at most"):
-        Detector.load(REPOSITORY, "digits-mlp", device="cpu", shards=10**6)
+        load_sharded_detector(REPOSITORY, "digits-mlp", device="cpu", shards=10**6)
+    with pytest.raises(InputError, match="compute_dtype: expected one of"):
+        load_sharded_detector(REPOSITORY, "digits-mlp", shards=2, compute_dtype="int8")  # type: ignore[arg-type]
 
 
 def test_a_lost_shard_makes_requests_and_readiness_fail(
     ray_cluster: str, embedding_repo: Path
 ) -> None:
-    det = Detector.load(embedding_repo, "emb", device="cpu", shards=2)
+    det = load_sharded_detector(embedding_repo, "emb", device="cpu", shards=2)
     emb = {"embedding": np.ones((4, 6), dtype=np.float32)}
     det.score_embeddings(emb)
     ray.kill(det._scorer.actors[1], no_restart=True)  # gone for good: never restarted

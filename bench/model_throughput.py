@@ -1,6 +1,6 @@
 """Load time and in-process scoring throughput of a model of the repository.
 
-    .venv/bin/python bench/bench_scoring.py [--repository models] [--model digits-mlp]
+    .venv/bin/python bench/model_throughput.py [--repository models] [--model digits-mlp]
         [--batch-sizes 1,64,256] [--seconds 3] [--threads 1] [--device auto]
 
 Load time: Detector.load (checksums, reference to the device, ONNX session) after a first,

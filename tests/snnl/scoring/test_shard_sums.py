@@ -1,4 +1,4 @@
-"""The shard API: partial sums over row ranges, merged, finalize to the local scores."""
+"""The shard API: sums over row ranges, merged, finalize to the local scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.scoring.scorer import SoftNeighborScorer, finalize, merge_partials, predict
+from snnl.scoring.scorer import (
+    SoftNeighborScorer,
+    finalize,
+    merge_shard_sums,
+    predict,
+    top_width,
+)
 
 
 def _reference(n: int = 90, classes: int = 4, seed: int = 0):
@@ -43,13 +49,13 @@ def test_sharded_scores_equal_local_scores(known_prediction: bool, cuts: list[in
     k, neighbors = 7, 12
     local = _scorer(features, y)
     expected = local.score(queries, predicted, k=k, neighbors=neighbors)
-    top = local.top_width(k, neighbors)
+    top = top_width(k, neighbors, local.reference_size)
     bounds = [0, *cuts, len(y)]
     parts = [
-        _scorer(features, y, slice(a, b), a).partial(queries, predicted, top=top)
+        _scorer(features, y, slice(a, b), a).shard_sums(queries, predicted, top=top)
         for a, b in itertools.pairwise(bounds)
     ]
-    got = finalize(merge_partials(parts[::-1]), predicted, k=k, neighbors=neighbors)
+    got = finalize(merge_shard_sums(parts[::-1]), predicted, k=k, neighbors=neighbors)
     np.testing.assert_array_equal(got.predicted, expected.predicted)
     np.testing.assert_allclose(got.log_score, expected.log_score, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got.log_mass, expected.log_mass, rtol=1e-12)
@@ -65,7 +71,7 @@ def test_a_shard_smaller_than_the_top_width_pads() -> None:
         "a": torch.ones(2, 6, dtype=torch.float64),
         "b": torch.ones(2, 3, dtype=torch.float64),
     }
-    part = _scorer(features, y, slice(0, 5)).partial(queries, None, top=8)
+    part = _scorer(features, y, slice(0, 5)).shard_sums(queries, None, top=8)
     assert part.top_values.shape == (2, 2, 8)
     assert torch.isinf(part.top_values[..., 5:]).all()
     assert (part.top_rows[..., 5:] == -1).all() and (part.top_labels[..., 5:] == -1).all()
@@ -85,10 +91,10 @@ def test_one_and_two_rounds_give_identical_mass_terms(batch: int, dtype: type) -
         "b": torch.from_numpy(rng.normal(size=(batch, 3)).astype(dtype)),
     }
     scorer = _scorer(features, y)
-    one = scorer.partial(queries, None, top=5)
+    one = scorer.shard_sums(queries, None, top=5)
     predicted = predict(one)
-    two = scorer.partial(queries, predicted, top=5, score=False).term_log_mass
+    two = scorer.shard_sums(queries, predicted, top=5, score=False).term_log_mass
     at = predicted[None, :, None].expand(two.shape[0], -1, 1)
     assert torch.equal(one.term_log_mass.gather(2, at), two.gather(2, at))
-    first = scorer.partial(queries, None, top=5, mass=False)
+    first = scorer.shard_sums(queries, None, top=5, mass=False)
     assert torch.equal(first.class_log_mass, one.class_log_mass)

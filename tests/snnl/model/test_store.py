@@ -1,4 +1,4 @@
-"""The model repository: manifest validation, atomic writes, listing, checksum verification."""
+"""The model repository on disk: atomic writes, listing, checksum verification."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from snnl.errors import RepositoryError
-from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE, LayerSpec, Manifest
+from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.store import (
     list_models,
     load_manifest,
@@ -17,27 +17,7 @@ from snnl.model.store import (
     sha256,
     write_model,
 )
-
-
-def _manifest(name: str = "emb", **changes: object) -> Manifest:
-    fields = {
-        "name": name,
-        "version": "1",
-        "created": "2024-01-01T00:00:00Z",
-        "input_shape": None,
-        "input_dtype": None,
-        "preprocessing": "none",
-        "class_names": ["a", "b"],
-        "layers": [
-            LayerSpec(
-                name="embedding", dim=4, distance="cosine", temperature=0.1, reference_size=10
-            )
-        ],
-        "calibration_size": 5,
-    }
-    fields.update(changes)
-    return Manifest.model_validate(fields)
-
+from tests.snnl.model._manifests import manifest as _manifest
 
 FILES = {REFERENCE_FILE: b"reference bytes", CALIBRATION_FILE: b"calibration bytes"}
 
@@ -107,38 +87,3 @@ def test_bad_manifests_and_names(tmp_path: Path) -> None:
         load_manifest(tmp_path, "other")
     with pytest.raises(RepositoryError, match="not a directory"):
         list_models(tmp_path / "absent")
-
-
-def test_manifest_validation() -> None:
-    with pytest.raises(ValueError, match="unique"):
-        layer = LayerSpec(name="h", dim=2, distance="cosine", temperature=1.0, reference_size=3)
-        _manifest(layers=[layer, layer])
-    with pytest.raises(ValueError, match="together"):
-        _manifest(input_shape=[64])
-    with pytest.raises(ValueError, match="files must be exactly"):
-        _manifest(files={REFERENCE_FILE: "0" * 64})
-    with pytest.raises(ValueError, match="sha256"):
-        _manifest(files={REFERENCE_FILE: "x", CALIBRATION_FILE: "0" * 64})
-    with pytest.raises(ValueError):
-        _manifest(created="yesterday")
-    assert (
-        _manifest().embedding_only
-        and not _manifest(input_shape=[8, 8], input_dtype="float32").embedding_only
-    )
-
-
-def test_nonconformity_section() -> None:
-    assert _manifest().nonconformity.kind == "neg-log-score"  # manifests written before it
-    term = {"layer": "embedding", "distance": "euclidean", "temperature": 2.0, "mean": -1.5}
-    mass = {"kind": "neighbor-mass", "perplexity": 30, "terms": [{**term, "std": 0.5}]}
-    manifest = _manifest(nonconformity=mass)
-    assert manifest.nonconformity.kind == "neighbor-mass"
-    assert Manifest.model_validate_json(manifest.to_json()) == manifest
-    with pytest.raises(ValueError, match="not served"):
-        _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "layer": "fc9"}]})
-    with pytest.raises(ValueError, match="std"):
-        _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.0}]})
-    with pytest.raises(ValueError, match="terms"):
-        _manifest(nonconformity={**mass, "terms": []})
-    with pytest.raises(ValueError):
-        _manifest(nonconformity={"kind": "mystery"})
