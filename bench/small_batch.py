@@ -51,7 +51,7 @@ def worker(calls: int, threads: int) -> None:
         jobs[f"B={b}"] = lambda q=q: scorer.score(q, None, k=50)
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for job in jobs.values():
-        job()  # warm-up (and the probe of snnl.core.chained)
+        job()  # warm-up
     for _ in range(calls):
         for name, job in jobs.items():
             start = time.perf_counter()
