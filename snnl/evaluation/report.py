@@ -295,8 +295,12 @@ def _histogram_plot(evaluation: Evaluation, stem: str, path: Path) -> None:
             ax.set_yscale("log")
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("score as ID percentile (0 = below every ID sample)", fontsize=8)
+    for column in range(columns):  # x labels under the lowest panel of each column
+        lowest = max(r for r in range(rows) if r * columns + column < len(names))
+        axes[lowest, column].tick_params(labelbottom=True)
+        axes[lowest, column].set_xlabel(
+            "score as ID percentile (0 = below every ID sample)", fontsize=8
+        )
     for ax in axes[:, 0]:
         ax.set_ylabel("density" + (" (log scale)" if spiky else ""), fontsize=8)
         if not spiky:
