@@ -8,12 +8,18 @@ detector gives a score per sample, higher = more in-distribution:
   without its ties);
 * ``msp``, ``energy``: from the logits; ``mahalanobis``, ``knn``: from the penultimate layer
   (the manifest's last layer), fitted on the model's reference set (``snnl.evaluation.baselines``);
+  ``vim``: both, with the last linear layer (W, b) recovered exactly from the ID set's
+  penultimate features and logits (``linear_head``; left out when the last served layer is not
+  the penultimate one or the model has no logits), its principal space fitted on the reference;
 * ``soft_neighbor_ratio`` (an extra row): sum_l log max(s_l, 1e-12), the ratio score's nonconformity
   (the fraction of soft-neighbor mass in the predicted class), for comparison.
 
-Per OOD set and detector: AUROC, FPR at 95% TPR and AUPR with ID positive
-(``snnl.evaluation.ood_metrics``). On the ID set: accuracy, the flag's false-positive rate (fraction
-flagged), and the per-layer embedding evaluation (``snnl.evaluation.embeddings``).
+Per OOD set and detector: AUROC, FPR at 95% TPR, AUPR-In and AUPR-Out
+(``snnl.evaluation.ood_metrics``); OOD sets are grouped as ``near`` (semantic shift: new classes
+of the same kind of data) or ``far`` (other data, noise, transforms; the default), and each group
+is summarized by the mean over its sets, as OpenOOD does. On the ID set: accuracy, the flag's
+false-positive rate (fraction flagged), and the per-layer embedding evaluation
+(``snnl.evaluation.embeddings``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from snnl.errors import InputError
-from snnl.evaluation.baselines import BaselineDetector, default_baselines
+from snnl.evaluation.baselines import BaselineDetector, default_baselines, linear_head
 from snnl.evaluation.embeddings import EmbeddingEvaluation, evaluate_embeddings
 from snnl.evaluation.ood_metrics import OODMetrics, ood_metrics
 from snnl.scoring.batch import Samples
@@ -36,7 +42,9 @@ if TYPE_CHECKING:
     from snnl.model.detector import Detector
 
 SOFT_NEIGHBOR = "soft_neighbor"
-DETECTORS: tuple[str, ...] = (SOFT_NEIGHBOR, "msp", "energy", "mahalanobis", "knn")
+DETECTORS: tuple[str, ...] = (SOFT_NEIGHBOR, "msp", "energy", "mahalanobis", "knn", "vim")
+GROUPS: tuple[str, ...] = ("near", "far")
+DEFAULT_GROUP = "far"
 RATIO = "soft_neighbor_ratio"
 BATCH_SIZE = 512
 
@@ -54,6 +62,7 @@ class Evaluation:
     layers: EmbeddingEvaluation
     ood: dict[str, dict[str, OODMetrics]]
     sizes: dict[str, Any]  # {"id": N, "ood": {stem: M}}
+    groups: dict[str, str]  # {stem: "near" | "far"}
     id_scores: dict[str, np.ndarray] = field(repr=False)  # detector -> (N,)
     ood_scores: dict[str, dict[str, np.ndarray]] = field(repr=False)  # stem -> detector -> (M,)
 
@@ -62,9 +71,24 @@ class Evaluation:
         """{layer: SNNL at T*} on the ID set."""
         return {layer.name: layer.entanglement for layer in self.layers.layers}
 
+    def summary(self) -> dict[str, dict[str, OODMetrics]]:
+        """{group: {detector: mean metrics over the group's sets}}, groups in GROUPS order,
+        only those with a set."""
+        out: dict[str, dict[str, OODMetrics]] = {}
+        for group in GROUPS:
+            stems = [stem for stem in self.ood if self.groups[stem] == group]
+            if stems:
+                detectors = list(self.ood[stems[0]])
+                out[group] = {
+                    name: OODMetrics.mean([self.ood[stem][name] for stem in stems])
+                    for name in detectors
+                }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """report.json: the report keys (accuracy, flag_false_positive_rate, entanglement, ood)
-        plus model, version, alpha, nonconformity, sizes and the per-layer evaluation."""
+        plus model, version, alpha, nonconformity, sizes, groups ({stem: near | far}), summary
+        ({group: {detector: mean metrics}}) and the per-layer evaluation."""
         return {
             "model": self.model,
             "version": self.version,
@@ -76,6 +100,11 @@ class Evaluation:
             "ood": {
                 stem: {name: m.as_dict() for name, m in per_detector.items()}
                 for stem, per_detector in self.ood.items()
+            },
+            "groups": self.groups,
+            "summary": {
+                group: {name: m.as_dict() for name, m in per_detector.items()}
+                for group, per_detector in self.summary().items()
             },
             "sizes": self.sizes,
             "layers": self.layers.to_dict()["layers"],
@@ -101,15 +130,18 @@ def model_outputs(det: Detector, x: np.ndarray, batch_size: int = BATCH_SIZE) ->
 
 
 def fit_baselines(
-    det: Detector, baselines: list[BaselineDetector] | None = None
+    det: Detector,
+    baselines: list[BaselineDetector] | None = None,
+    head: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[BaselineDetector]:
-    """The baselines fitted on the model's reference set (penultimate = the last served layer).
+    """The baselines fitted on the model's reference set (penultimate = the last served layer);
+    by default those of ``default_baselines(head)`` (ViM needs the last linear layer ``head``).
 
-    MSP and energy need logits, so an embedding-only model gets Mahalanobis and KNN only.
+    MSP, energy and ViM need logits, so an embedding-only model gets Mahalanobis and KNN only.
     """
-    chosen = default_baselines() if baselines is None else baselines
+    chosen = default_baselines(head) if baselines is None else baselines
     if det.input_shape is None:
-        chosen = [b for b in chosen if b.name not in ("msp", "energy")]
+        chosen = [b for b in chosen if b.name not in ("msp", "energy", "vim")]
     penultimate = det.layers[-1]
     reference = det.reference_features(penultimate)
     for baseline in chosen:
@@ -152,23 +184,35 @@ def evaluate(
     baselines: list[BaselineDetector] | None = None,
     batch_size: int = BATCH_SIZE,
     on_scored: Callable[[int], None] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Evaluate ``det`` on the ID set (id_x (N, *shape), id_y (N,) in the model's label space)
-    against each OOD set {stem: (M, *shape)}. ``on_scored(n)`` is called after each set with
-    its number of samples (for a progress bar)."""
+    against each OOD set {stem: (M, *shape)}, grouped by ``groups`` {stem: "near" | "far"}
+    (a stem not named is "far"). ``on_scored(n)`` is called after each set with its number of
+    samples (for a progress bar)."""
     report = on_scored or (lambda n: None)
     if not ood_sets:
         raise InputError("ood: give at least one out-of-distribution set")
+    chosen_groups = {stem: (groups or {}).get(stem, DEFAULT_GROUP) for stem in ood_sets}
+    for stem, group in {**chosen_groups, **(groups or {})}.items():
+        if stem not in ood_sets:
+            raise InputError(f"groups: {stem!r} is not an OOD set ({', '.join(ood_sets)})")
+        if group not in GROUPS:
+            raise InputError(f"groups: {stem!r} must be near or far, got {group!r}")
     _check_x(det, id_x, "id.x")
     for stem, x in ood_sets.items():
         _check_x(det, x, f"{stem}.x")
     num_classes = len(det.class_names)
     if id_y.shape != (len(id_x),) or id_y.min() < 0 or id_y.max() >= num_classes:
         raise InputError(f"id.y: expected ({len(id_x)},) class ids in 0..{num_classes - 1}")
-    fitted = fit_baselines(det, baselines)
     penultimate = det.layers[-1]
     id_out = model_outputs(det, id_x, batch_size)
     report(len(id_x))
+    assert id_out.features is not None  # model_outputs asks for them
+    head = None
+    if id_out.logits is not None and baselines is None:
+        head = linear_head(id_out.features[penultimate], id_out.logits)
+    fitted = fit_baselines(det, baselines, head)
     id_scores = detector_scores(id_out, fitted, penultimate)
     ood_scores: dict[str, dict[str, np.ndarray]] = {}
     ood: dict[str, dict[str, OODMetrics]] = {}
@@ -179,7 +223,6 @@ def evaluate(
         ood[stem] = {
             name: ood_metrics(id_scores[name], ood_scores[stem][name]) for name in id_scores
         }
-    assert id_out.features is not None  # model_outputs asks for them
     layers = evaluate_embeddings(
         id_out.features,
         id_y,
@@ -196,6 +239,7 @@ def evaluate(
         layers=layers,
         ood=ood,
         sizes={"id": len(id_x), "ood": {stem: len(x) for stem, x in ood_sets.items()}},
+        groups=chosen_groups,
         id_scores=id_scores,
         ood_scores=ood_scores,
     )

@@ -7,7 +7,9 @@ OOD = 0:
 * ``fpr95``: the fraction of OOD samples accepted when the threshold keeps 95% of the ID
   samples (the smallest false-positive rate among ROC points with TPR >= 0.95).
 * ``aupr``: average precision with ID as the positive class (``average_precision_score``),
-  often called AUPR-In.
+  often called AUPR-In;
+* ``aupr_out``: average precision with OOD as the positive class and the negated score
+  (AUPR-Out, OpenOOD's second precision-recall figure).
 """
 
 from __future__ import annotations
@@ -24,15 +26,28 @@ TPR_LEVEL = 0.95
 
 @dataclass(frozen=True)
 class OODMetrics:
-    """AUROC, FPR at 95% TPR and AUPR (ID positive) of one detector on one ID/OOD pair."""
+    """AUROC, FPR at 95% TPR, AUPR-In (``aupr``, ID positive) and AUPR-Out (OOD positive) of
+    one detector on one ID/OOD pair."""
 
     auroc: float
     fpr95: float
     aupr: float
+    aupr_out: float
 
     def as_dict(self) -> dict[str, float]:
-        """{"auroc", "fpr95", "aupr"} as plain floats."""
+        """{"auroc", "fpr95", "aupr", "aupr_out"} as plain floats."""
         return asdict(self)
+
+    @classmethod
+    def mean(cls, metrics: list[OODMetrics]) -> OODMetrics:
+        """The field-wise mean of ``metrics`` (a group of OOD sets, OpenOOD's near/far rows)."""
+        if not metrics:
+            raise InputError("mean of OOD metrics: give at least one")
+        return cls(**{k: float(np.mean([m.as_dict()[k] for m in metrics])) for k in HIGHER})
+
+
+# Every metric field and whether a higher value is better (FPR95 is better when lower).
+HIGHER: dict[str, bool] = {"auroc": True, "fpr95": False, "aupr": True, "aupr_out": True}
 
 
 def _check_scores(scores: np.ndarray, field: str) -> np.ndarray:
@@ -76,4 +91,5 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> OODMetrics:
         auroc=float(roc_auc_score(labels, scores)),
         fpr95=fpr_at_tpr(labels, scores),
         aupr=float(average_precision_score(labels, scores)),
+        aupr_out=float(average_precision_score(1 - labels, -scores)),
     )

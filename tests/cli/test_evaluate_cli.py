@@ -69,19 +69,22 @@ def test_data_files(workdir: Path) -> None:
 def test_evaluate_writes_the_report(workdir: Path) -> None:
     stdout = _ok(
         "evaluate", "--repository", "models", "--model", "five", "--id", "id.npz",
-        "--ood", "classes.npz", "--ood", "noise.npz", "--ood", "scaled.npz", "--report", "rep",
-        cwd=workdir,
+        "--ood", "near:classes.npz", "--ood", "noise.npz", "--ood", "far:scaled.npz",
+        "--report", "rep", cwd=workdir,
     )  # fmt: skip
-    assert "| classes | soft_neighbor |" in stdout
+    assert "| classes | near | soft_neighbor |" in stdout
+    assert "**near-OOD** (mean over classes)" in stdout
+    assert "**far-OOD** (mean over noise, scaled)" in stdout
     report = json.loads((workdir / "rep" / "report.json").read_text())
     assert 0.0 <= report["accuracy"] <= 1.0
     assert 0.0 <= report["flag_false_positive_rate"] <= 1.0
     assert set(report["entanglement"]) == {"fc1", "fc2", "fc3"}
     assert set(report["ood"]) == {"classes", "noise", "scaled"}
-    for per_detector in report["ood"].values():
-        assert {"soft_neighbor", "msp", "energy", "mahalanobis", "knn"} <= set(per_detector)
+    assert report["groups"] == {"classes": "near", "noise": "far", "scaled": "far"}
+    for per_detector in [*report["ood"].values(), *report["summary"].values()]:
+        assert {"soft_neighbor", "msp", "energy", "mahalanobis", "knn", "vim"} <= set(per_detector)
         for metrics in per_detector.values():
-            assert set(metrics) == {"auroc", "fpr95", "aupr"}
+            assert set(metrics) == {"auroc", "fpr95", "aupr", "aupr_out"}
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
     for stem in ("classes", "noise", "scaled"):
         for kind in ("roc", "hist"):

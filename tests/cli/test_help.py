@@ -93,6 +93,13 @@ def test_option_values_mirror_the_library(name: str, module: str, attribute: str
     assert getattr(common, name) == getattr(importlib.import_module(module), attribute)
 
 
+def test_ood_groups_mirror_the_library() -> None:
+    from snnl.cli.evaluate import OOD_GROUPS
+    from snnl.evaluation.benchmark import GROUPS
+
+    assert OOD_GROUPS == GROUPS
+
+
 def test_reference_dtypes_mirror_the_library() -> None:
     from snnl.model.reference import _STORAGE
 

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from snnl.errors import InputError
-from snnl.evaluation.baselines import KNN, MSP, Energy, Mahalanobis, default_baselines
+from snnl.evaluation.baselines import (
+    KNN,
+    MSP,
+    Energy,
+    Mahalanobis,
+    ViM,
+    default_baselines,
+    linear_head,
+)
 
 
 @pytest.fixture
@@ -94,6 +102,75 @@ def test_bad_inputs_are_refused(data: dict[str, np.ndarray]) -> None:
 
 def test_default_baselines_names() -> None:
     assert [d.name for d in default_baselines()] == ["msp", "energy", "mahalanobis", "knn"]
+    head = (np.eye(3, 5), np.zeros(3))
+    assert [d.name for d in default_baselines(head)][-1] == "vim"
+
+
+def test_knn_normalizes_the_features(data: dict[str, np.ndarray]) -> None:
+    """Sun et al.'s KNN works on unit vectors: scaling a query or the reference changes nothing."""
+    h, y, q = data["features"], data["labels"], data["query"]
+    scores = KNN(k=4).fit(h, y).score(data["logits"], q)
+    scaled = KNN(k=4).fit(h * 7.0, y).score(data["logits"], q * 0.1)
+    np.testing.assert_allclose(scores, scaled, rtol=1e-12)
+
+
+def test_vim_against_its_formula(data: dict[str, np.ndarray]) -> None:
+    rng = np.random.default_rng(4)
+    h, y = data["features"], data["labels"]
+    weight, bias = rng.normal(size=(3, 5)), rng.normal(size=3)
+    vim = ViM(weight, bias, dim=2).fit(h, y)
+    origin = -np.linalg.pinv(weight) @ bias
+    centered = h - origin
+    eigvals, eigvecs = np.linalg.eigh(centered.T @ centered / len(h))
+    principal = eigvecs[:, np.argsort(eigvals)[::-1][:2]]  # the top-2 directions
+    projector = np.eye(5) - principal @ principal.T
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.array([np.linalg.norm(projector @ (row - origin)) for row in x])
+
+    alpha = (h @ weight.T + bias).max(1).mean() / residual(h).mean()
+    assert vim.alpha == pytest.approx(alpha, rel=1e-9)
+    q, logits = data["query"], data["logits"]
+    expected = [
+        math.log(sum(math.exp(v) for v in row)) - alpha * r
+        for row, r in zip(logits, residual(q), strict=True)
+    ]
+    np.testing.assert_allclose(vim.score(logits, q), expected, rtol=1e-9)
+
+
+def test_vim_flags_features_off_the_principal_space() -> None:
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    h = rng.normal(size=(300, 3)) * 5.0 @ basis[:, :3].T + 0.01 * rng.normal(size=(300, 8))
+    weight, bias = rng.normal(size=(4, 8)), np.zeros(4)
+    vim = ViM(weight, bias).fit(h, np.zeros(300))
+    assert vim.residual_basis is not None and vim.residual_basis.shape == (8, 4)  # D = d/2
+    inside = h[:50]
+    outside = inside + 3.0 * rng.normal(size=(50, 5)) @ basis[:, 3:].T
+    assert (vim.score(inside @ weight.T, inside) > vim.score(outside @ weight.T, outside)).all()
+
+
+def test_vim_refuses_bad_shapes(data: dict[str, np.ndarray]) -> None:
+    with pytest.raises(InputError, match="bias"):
+        ViM(np.ones((3, 5)), np.ones(4))
+    with pytest.raises(InputError, match="dimensions"):
+        ViM(np.ones((3, 4)), np.ones(3)).fit(data["features"], data["labels"])
+    with pytest.raises(InputError, match="dim"):
+        ViM(np.ones((3, 5)), np.ones(3), dim=5).fit(data["features"], data["labels"])
+    with pytest.raises(RuntimeError, match="before fit"):
+        ViM(np.ones((3, 5)), np.ones(3)).score(data["logits"], data["query"])
+
+
+def test_linear_head_is_recovered_exactly(data: dict[str, np.ndarray]) -> None:
+    rng = np.random.default_rng(6)
+    h = np.maximum(data["features"], 0.0)
+    h[:, 1] = 0.0  # a dead unit: its weight is not identifiable, the logits still are
+    weight, bias = rng.normal(size=(3, 5)), rng.normal(size=3)
+    head = linear_head(h, h @ weight.T + bias)
+    assert head is not None
+    np.testing.assert_allclose(h @ head[0].T + head[1], h @ weight.T + bias, atol=1e-9)
+    np.testing.assert_allclose(np.delete(head[0], 1, axis=1), np.delete(weight, 1, axis=1))
+    assert linear_head(h, np.tanh(h @ weight.T)) is None  # not affine: not the penultimate layer
 
 
 def test_in_distribution_scores_higher(data: dict[str, np.ndarray]) -> None:

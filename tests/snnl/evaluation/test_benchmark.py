@@ -11,12 +11,12 @@ import pytest
 from snnl.build.from_embeddings import index_embeddings
 from snnl.build.from_run import export_run
 from snnl.errors import InputError
-from snnl.evaluation.baselines import KNN, MSP, Energy, Mahalanobis
+from snnl.evaluation.baselines import KNN, MSP, Energy, Mahalanobis, ViM, linear_head
 from snnl.evaluation.benchmark import DETECTORS, RATIO, Evaluation, evaluate
 from snnl.evaluation.embeddings import evaluate_detector, evaluate_embeddings
 from snnl.evaluation.ood_metrics import ood_metrics
 from snnl.evaluation.ood_sets import transform, uniform_noise
-from snnl.evaluation.report import write_report
+from snnl.evaluation.report import bold_best, id_percentile, markdown, write_report
 from snnl.model.detector import Detector
 from snnl.training.run import load_run
 from tests.snnl._tiny_run import make_run
@@ -37,7 +37,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, np.ndarra
 def result(model: tuple[Detector, np.ndarray, np.ndarray]) -> Evaluation:
     det, x, y = model
     ood = {"noise": uniform_noise(x, 60, seed=1), "inverted": transform(x[:70], "invert")}
-    return evaluate(det, x, y, ood, batch_size=100)
+    return evaluate(det, x, y, ood, batch_size=100, groups={"inverted": "near"})
 
 
 def test_scores_are_the_detectors_own(
@@ -51,7 +51,12 @@ def test_scores_are_the_detectors_own(
     out = det.forward(x)
     penultimate = det.layers[-1]
     reference = det.reference_features(penultimate)
-    for baseline in (MSP(), Energy(), Mahalanobis(), KNN()):
+    head = linear_head(out.features[penultimate], out.logits)
+    assert head is not None  # the last served layer is the penultimate one
+    np.testing.assert_allclose(
+        out.features[penultimate] @ head[0].T + head[1], out.logits, atol=1e-4
+    )
+    for baseline in (MSP(), Energy(), Mahalanobis(), KNN(), ViM(*head)):
         baseline.fit(reference, det.reference_labels)
         expected = baseline.score(out.logits, out.features[penultimate])
         np.testing.assert_allclose(result.id_scores[baseline.name], expected, rtol=1e-9)
@@ -80,6 +85,44 @@ def test_metrics_and_layers(
     assert result.layers == layers
     assert result.entanglement == {layer.name: layer.entanglement for layer in layers.layers}
     assert result.sizes == {"id": len(x), "ood": {"noise": 60, "inverted": 70}}
+    assert result.groups == {"noise": "far", "inverted": "near"}
+    summary = result.summary()
+    assert list(summary) == ["near", "far"]
+    assert summary["near"]["knn"] == result.ood["inverted"]["knn"]  # one set: its own metrics
+
+
+def test_groups_must_name_sets_and_be_near_or_far(
+    model: tuple[Detector, np.ndarray, np.ndarray],
+) -> None:
+    det, x, y = model
+    noise = {"noise": uniform_noise(x, 10)}
+    with pytest.raises(InputError, match="near or far"):
+        evaluate(det, x, y, noise, groups={"noise": "middle"})
+    with pytest.raises(InputError, match="not an OOD set"):
+        evaluate(det, x, y, noise, groups={"other": "near"})
+
+
+def test_best_of_every_column_is_bold(result: Evaluation) -> None:
+    assert bold_best([0.5, 0.91, 0.9104], True) == ["50.0", "**91.0**", "**91.0**"]
+    assert bold_best([0.5, 0.91, 0.2], False) == ["50.0", "91.0", "**20.0**"]  # FPR95
+    text = markdown(result)
+    assert "**near-OOD** (mean over inverted)" in text and "**far-OOD** (mean over noise)" in text
+    assert "| AUROC % | FPR95 % | AUPR-In % | AUPR-Out % | ID acc % |" in text
+    for stem, per_detector in result.ood.items():
+        rows = [line for line in text.splitlines() if line.startswith(f"| {stem} | ")]
+        table = [line.split(" | ") for line in rows if len(line.split(" | ")) == 7]
+        assert len(table) == len(per_detector)
+        for column in range(3, 7):  # AUROC, FPR95, AUPR-In, AUPR-Out: one best at least
+            assert any(cells[column].strip(" |").startswith("**") for cells in table)
+        best_fpr = min(round(100 * m.fpr95, 1) for m in per_detector.values())
+        for cells, m in zip(table, per_detector.values(), strict=True):
+            assert cells[4].startswith("**") == (round(100 * m.fpr95, 1) == best_fpr)
+
+
+def test_id_percentile_puts_every_detector_on_one_scale() -> None:
+    id_scores = np.array([3.0, 1.0, 2.0, 4.0])
+    got = id_percentile(id_scores, np.array([0.0, 2.0, 2.5, 9.0]))
+    np.testing.assert_allclose(got, [0.0, 0.5, 0.5, 1.0])
 
 
 def test_report_files(result: Evaluation, tmp_path: Path) -> None:
@@ -105,9 +148,12 @@ def test_report_files(result: Evaluation, tmp_path: Path) -> None:
     for per_detector in report["ood"].values():
         assert set(DETECTORS) <= set(per_detector)
         for metrics in per_detector.values():
-            assert set(metrics) == {"auroc", "fpr95", "aupr"}
-    markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "| noise | soft_neighbor |" in markdown
+            assert set(metrics) == {"auroc", "fpr95", "aupr", "aupr_out"}
+    assert report["groups"] == {"noise": "far", "inverted": "near"}
+    assert set(report["summary"]) == {"near", "far"}
+    assert set(report["summary"]["far"]) == set(report["ood"]["noise"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| noise | far | soft_neighbor |" in text
 
 
 def test_bad_inputs(model: tuple[Detector, np.ndarray, np.ndarray]) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from snnl.errors import InputError
-from snnl.evaluation.ood_metrics import ood_metrics
+from snnl.evaluation.ood_metrics import HIGHER, OODMetrics, ood_metrics
 
 
 def slow_auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
@@ -49,15 +49,27 @@ def test_metrics_match_slow_formulas(seed: int) -> None:
     assert m.auroc == pytest.approx(slow_auroc(id_scores, ood_scores), abs=1e-12)
     assert m.fpr95 == pytest.approx(slow_fpr95(id_scores, ood_scores), abs=1e-12)
     assert m.aupr == pytest.approx(slow_aupr(id_scores, ood_scores), abs=1e-12)
+    # AUPR-Out: OOD is the positive class, ranked by the negated score.
+    assert m.aupr_out == pytest.approx(slow_aupr(-ood_scores, -id_scores), abs=1e-12)
 
 
 def test_id_is_the_positive_class() -> None:
     m = ood_metrics(np.array([2.0, 3.0, 4.0]), np.array([0.0, 1.0]))
-    assert (m.auroc, m.fpr95, m.aupr) == (1.0, 0.0, 1.0)
+    assert (m.auroc, m.fpr95, m.aupr, m.aupr_out) == (1.0, 0.0, 1.0, 1.0)
     flipped = ood_metrics(np.array([0.0, 1.0]), np.array([2.0, 3.0, 4.0]))
     assert flipped.auroc == 0.0
     assert flipped.fpr95 == 1.0
-    assert flipped.as_dict().keys() == {"auroc", "fpr95", "aupr"}
+    assert flipped.as_dict().keys() == {"auroc", "fpr95", "aupr", "aupr_out"}
+
+
+def test_mean_of_a_group() -> None:
+    a = OODMetrics(auroc=0.9, fpr95=0.2, aupr=0.8, aupr_out=0.7)
+    b = OODMetrics(auroc=0.7, fpr95=0.4, aupr=0.6, aupr_out=0.5)
+    mean = OODMetrics.mean([a, b]).as_dict()
+    assert mean == pytest.approx({"auroc": 0.8, "fpr95": 0.3, "aupr": 0.7, "aupr_out": 0.6})
+    assert set(HIGHER) == set(a.as_dict()) and HIGHER["fpr95"] is False
+    with pytest.raises(InputError, match="at least one"):
+        OODMetrics.mean([])
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,131 @@
+"""Choose the MNIST recipe with in-distribution data only: leave one known class out.
+
+For the first split of the 6-known / 4-unknown protocol (``bench/ood_benchmark.py``'s seed 0),
+each fold trains on 5 of the 6 known classes (official MNIST train part) and treats the 6th
+known class as the out-of-distribution set. The 4 unknown classes and Fashion-MNIST are never
+loaded. Per fold and setting: validation accuracy (the run's test split), and AUROC / FPR95 of
+the served detector and the baselines on "validation split of the 5 classes" vs "the held-out
+known class" (official train images of that class, never trained on by that fold's model).
+
+Settings compared: the SNNL factor (0 = plain cross-entropy, +1 = cosine SNNL on every hidden
+layer) and the served layers (fc1; conv2 + fc1; conv1 + conv2 + fc1).
+
+    PYTHONPATH=. .venv/bin/python bench/mnist_selection.py --json bench/results/mnist_selection.json
+
+One torch thread; about 15 minutes on the shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.ood_benchmark import known_classes
+from snnl.build.from_run import export_run
+from snnl.evaluation.benchmark import evaluate
+from snnl.model.detector import Detector
+from snnl.training.data import load_mnist
+from snnl.training.loop import TrainSettings, train
+
+LAYER_SETS: dict[str, list[str]] = {
+    "fc1": ["fc1"],
+    "conv2+fc1": ["conv2", "fc1"],
+    "conv1+conv2+fc1": ["conv1", "conv2", "fc1"],
+}
+CREATED = "2024-01-01T00:00:00Z"
+
+
+def fold(
+    train_file: Path,
+    known: list[int],
+    held_out: int,
+    factor: float,
+    epochs: int,
+    work: Path,
+    limit: int,
+    layer_sets: dict[str, list[str]],
+) -> list[dict[str, object]]:
+    """Train on ``known`` minus ``held_out``; evaluate each layer set against the held-out class."""
+    x, y = load_mnist("train")
+    classes = [c for c in known if c != held_out]
+    settings = TrainSettings(
+        dataset=str(train_file), classes=classes, arch="cnn2d", factor=factor, epochs=epochs,
+        seed=0, calibration_fraction=0.05, test_fraction=0.1,
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = train(settings, work / "run")
+    train_s = time.perf_counter() - start
+    split = result.run.split
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.permutation(len(split.y_test))[:limit])
+    id_x, id_y = split.x_test[keep], split.y_test[keep]
+    ood_x = x[y == held_out][:limit].astype(np.float32)
+    rows = []
+    for name, layers in layer_sets.items():
+        export_run(work / "run", work / "models", "m", layers=layers, created=CREATED)
+        det = Detector.load(work / "models", "m", device="cpu")
+        start = time.perf_counter()
+        ev = evaluate(det, id_x, id_y, {"held_out": ood_x})
+        rows.append(
+            {
+                "held_out": held_out,
+                "factor": factor,
+                "layers": name,
+                "val_accuracy": result.history[-1].test_accuracy,
+                "val_accuracy_per_epoch": [r.test_accuracy for r in result.history],
+                "train_seconds": train_s,
+                "eval_seconds": time.perf_counter() - start,
+                "metrics": {d: m.as_dict() for d, m in ev.ood["held_out"].items()},
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        for path in (work / "models" / "m").iterdir():
+            path.unlink()
+        (work / "models" / "m").rmdir()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--folds", type=int, default=2, help="held-out known classes to try")
+    parser.add_argument(
+        "--held-out", help="comma-separated known classes to hold out (default: the first --folds)"
+    )
+    parser.add_argument(
+        "--layer-sets", default=",".join(LAYER_SETS), help="served layer sets to compare"
+    )
+    parser.add_argument("--factors", default="0,1")
+    parser.add_argument("--limit", type=int, default=1000, help="ID / OOD samples per fold")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    known = known_classes(0)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        x, y = load_mnist("train")
+        train_file = Path(tmp) / "train.npz"
+        np.savez(train_file, x=x.astype(np.float32), y=y)
+        del x, y
+        held = [int(c) for c in args.held_out.split(",")] if args.held_out else known[: args.folds]
+        chosen = {name: LAYER_SETS[name] for name in args.layer_sets.split(",")}
+        for held_out in held:
+            for factor in (float(f) for f in args.factors.split(",")):
+                work = Path(tmp) / f"{held_out}_{factor}"
+                rows += fold(
+                    train_file, known, held_out, factor, args.epochs, work, args.limit, chosen
+                )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"known": known, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
