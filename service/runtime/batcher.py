@@ -13,7 +13,8 @@ Three roles (as in LitServe and infinity, minus their process hops):
 * worker (one thread per model, never the event loop): ``service.runtime.runner.BatchRunner``
   makes one scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the
   rows back; a group that fails is retried chunk by chunk, so a bad request fails alone and every
-  future gets an outcome.
+  future gets an outcome. Once the futures have their outcomes, ``after`` (the drift monitor)
+  gets the batch's scored chunks in the same thread, off the requests' latency path.
 
 Per-request ``alpha`` and ``neighbors`` are honored by that grouping: every request is scored by
 exactly the call it would get alone, with no math in the service. Requests with the usual
@@ -23,6 +24,7 @@ defaults form one group, so the common case is one call per batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from service.runtime.runner import BatchRunner, Part, R, ScoreFn
 from snnl.scoring.batch import CheckedBatch, num_rows, slice_rows
 
 T = TypeVar("T")
+logger = logging.getLogger("snnl.service")
 
 
 @dataclass(eq=False)
@@ -66,6 +69,7 @@ class DynamicBatcher(Generic[R]):
         max_queue: int,
         timeout_s: float,
         metrics: ServiceMetrics,
+        after: Callable[[list[R]], object] | None = None,
     ) -> None:
         if not 1 <= max_batch_size <= max_queue:
             raise ValueError(
@@ -80,6 +84,7 @@ class DynamicBatcher(Generic[R]):
         self._runner: BatchRunner[R] = BatchRunner(
             model, score, lambda result: metrics.observe_batch(model, result)
         )
+        self._after = after
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snnl-{model}")
         self._queue: deque[_Chunk[R]] = deque()
         self._queued_samples = 0
@@ -265,3 +270,16 @@ class DynamicBatcher(Generic[R]):
                 chunk.future.set_exception(outcome)
             else:
                 chunk.future.set_result(outcome)
+        if self._after is not None:
+            scored = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+            if scored:  # in the scoring thread, after the requests have their results
+                self._executor.submit(self._run_after, scored)
+
+    def _run_after(self, scored: list[R]) -> None:
+        """``after(scored)``: the scored chunks of one batch, in batch order; a failure is
+        logged, never seen by a request."""
+        assert self._after is not None
+        try:
+            self._after(scored)
+        except Exception:
+            logger.exception("after-batch hook failed", extra={"fields": {"model": self.model}})
