@@ -69,6 +69,7 @@ async def get_drift(model: str, state: State) -> dict[str, Any]:
     ``threshold``), alarms, the last alarm and the estimated change point, per served layer too.
     Sample indices count from the last reset (admin reset or reload)."""
     served, monitor = _monitored(state, model)
+    await served.batcher.flush()  # every request answered so far is in the state
     return drift_response(model, served.version, monitor)
 
 
@@ -84,6 +85,7 @@ async def reset_drift(model: str, state: State) -> dict[str, Any]:
     Needs an API key, and API keys configured (403 without). ``snnl_drift_alarms_total`` keeps
     counting (a counter never goes down); the statistic gauges return to 0."""
     served, monitor = _monitored(state, model)
+    await served.batcher.flush()  # the samples answered before the reset stay before it
     monitor.reset()
     state.metrics.register_drift(model, monitor.state)
     return drift_response(model, served.version, monitor)

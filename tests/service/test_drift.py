@@ -143,6 +143,17 @@ def test_reset_needs_api_keys_configured_and_the_monitor_can_be_off() -> None:
         assert "snnl_drift_statistic{" not in text and "snnl_drift_alarms_total{" not in text
 
 
+def round_robin(replicas: list[Server], samples: list[list[float]], size: int) -> None:
+    """Score ``samples`` in requests of ``size``, each request to the next replica; then wait
+    for the scoring threads to feed the monitors."""
+    for start in range(0, len(samples), size):
+        replica = replicas[(start // size) % len(replicas)]
+        scored = httpx.post(f"{replica.url}/v1/models/digits-mlp/score",
+                            json={"inputs": samples[start : start + size]})  # fmt: skip
+        assert scored.is_success, scored.text
+    time.sleep(0.2)
+
+
 def test_two_replicas_each_alarm_on_their_share_and_the_alert_fires(tmp_path: Path) -> None:
     """Two `snnl serve` processes behind one (simulated) round-robin balancer, scraped by a real
     Prometheus with deploy's rules: an in-distribution stream raises no alarm in either; a shifted
@@ -155,12 +166,7 @@ def test_two_replicas_each_alarm_on_their_share_and_the_alert_fires(tmp_path: Pa
         run_prometheus([a.url, b.url], tmp_path) as prometheus,
     ):
         replicas = [a, b]
-        samples = load_digits().data.tolist()
-        for i in range(0, 1600, 40):  # every request to the next replica
-            replica = replicas[(i // 40) % 2]
-            assert httpx.post(f"{replica.url}/v1/models/digits-mlp/score",
-                              json={"inputs": samples[i : i + 40]}).is_success  # fmt: skip
-        time.sleep(0.2)
+        round_robin(replicas, load_digits().data[:1600].tolist(), 40)
         for replica in replicas:
             calm = httpx.get(f"{replica.url}{DRIFT}").json()
             assert (calm["samples"], calm["alarms"]) == (800, 0), calm
@@ -172,12 +178,7 @@ def test_two_replicas_each_alarm_on_their_share_and_the_alert_fires(tmp_path: Pa
             time.sleep(0.5)
         assert not query(prometheus, 'ALERTS{alertname="SnnlDriftDetected"}')
 
-        shifted = noise(200, seed=1)
-        for i in range(0, 200, 20):
-            replica = replicas[(i // 20) % 2]
-            assert httpx.post(f"{replica.url}/v1/models/digits-mlp/score",
-                              json={"inputs": shifted[i : i + 20]}).is_success  # fmt: skip
-        time.sleep(0.2)
+        round_robin(replicas, noise(200, seed=1), 20)
         for replica in replicas:
             drifted = httpx.get(f"{replica.url}{DRIFT}").json()
             assert drifted["samples"] == 900 and drifted["alarms"] >= 1, drifted
