@@ -401,13 +401,23 @@ class ServiceState:
             entry.loading = False
         old, entry.served = entry.served, new
         entry.fingerprint, entry.reason = fingerprint, ""
-        if new.drift is not None:
-            self.metrics.register_drift(name, new.drift.state)
+        self._publish(new)
         logger.info("model ready", extra={"fields": {"model": name, "version": new.version}})
         if old is not None:
             await self._retire(old)
-            if new.drift is not None:  # the old version's last batches may have set the gauges
-                self.metrics.register_drift(name, new.drift.state)
+            # Again: retiring a same-named version removed its info series, and the old
+            # version's last batches may have set the drift gauges.
+            self._publish(new)
+
+    def _publish(self, served: ServedModel) -> None:
+        """The serving version's model series: info, reference sizes, counters, drift."""
+        detector = served.detector
+        self.metrics.register_model(
+            served.name, served.version, detector.device, detector.backend,
+            detector.reference_sizes,
+        )  # fmt: skip
+        if served.drift is not None:
+            self.metrics.register_drift(served.name, served.drift.state)
 
     async def _unload_entry(self, name: str, reason: str) -> None:
         entry = self.entries[name]
@@ -455,9 +465,6 @@ class ServiceState:
         except BaseException:
             await batcher.stop()
             raise
-        self.metrics.register_model(
-            name, detector.version, detector.device, detector.backend, detector.reference_sizes
-        )
         return ServedModel(
             detector=detector,
             batcher=batcher,
