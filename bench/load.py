@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load.py [--repository models] [--model digits-mlp] [--duration 10]
         [--configs batching,no-wait,off] [--baseline /path/to/other/checkout]
-        [--out bench/results/load.md]
+        [--vary SETTING=V1,V2] [--out bench/results/load.md]
 
 For each server configuration (batching: max batch 128 and a 2 ms wait; no wait: max batch 128,
 wait 0, so only requests that queue while a batch runs are merged; off: max batch 1) it starts
@@ -20,7 +20,9 @@ server process's CPU time (user + system, both threads) over the requests answer
 requests/s it hardly depends on what else the machine runs, and 2 cores / that time bounds the
 requests/s of a quiet 2-core machine. ``--baseline DIR`` also serves another checkout (its
 ``snnl`` and ``service`` packages, on ``PYTHONPATH``) beside this one and runs every load
-against it right before this one's, so a change is compared within one run. Writes a markdown
+against it right before this one's, so a change is compared within one run; ``--vary SETTING=V1,V2``
+likewise serves one server per value of a setting (e.g. ``drift_enabled=false,true``) and runs
+every load against each in turn. Writes a markdown
 table with the machine to ``--out`` and prints it.
 """
 
@@ -84,10 +86,21 @@ end
 """
 
 
-def code_under_test(baseline: Path | None) -> list[tuple[str, Path | None]]:
-    """(label, PYTHONPATH) of each checkout to measure: the baseline first, then this one."""
+def code_under_test(
+    baseline: Path | None, vary: str | None = None
+) -> list[tuple[str, Path | None, dict[str, str]]]:
+    """(label, PYTHONPATH, settings) of each server to measure: the baseline checkout first, then
+    this one; with ``vary`` ("SETTING=V1,V2"), each of them once per value of that setting."""
     this: list[tuple[str, Path | None]] = [("this checkout", None)]
-    return this if baseline is None else [(f"baseline {baseline}", baseline.resolve()), *this]
+    checkouts = this if baseline is None else [(f"baseline {baseline}", baseline.resolve()), *this]
+    if vary is None:
+        return [(label, path, {}) for label, path in checkouts]
+    setting, _, values = vary.partition("=")
+    return [
+        (f"{label}, {setting}={value}", path, {setting: value})
+        for label, path in checkouts
+        for value in values.split(",")
+    ]
 
 
 def free_port() -> int:
@@ -228,11 +241,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="of " + ", ".join(CONFIGS))
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
+    parser.add_argument("--vary", help="SETTING=V1,V2: one server per value, measured in turn")
     parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the server's scoring thread (SNNL_SCORING_THREADS=1)
     detector = Detector.load(args.repository, args.model, device="cpu", threads=1)
-    checkouts = code_under_test(args.baseline)
+    checkouts = code_under_test(args.baseline, args.vary)
     lines = [
         f"Machine: {machine()} (before the run).",
         "",
@@ -249,15 +263,15 @@ def main() -> None:
         for key in args.configs.split(","):
             name, settings = CONFIGS[key]
             servers = [
-                start(args.repository, settings, Path(tmp) / f"server{i}.log", path)
-                for i, (_, path) in enumerate(checkouts)
+                start(args.repository, settings | extra, Path(tmp) / f"server{i}.log", path)
+                for i, (_, path, extra) in enumerate(checkouts)
             ]
             try:
                 for _, url in servers:  # warm-up, not reported
                     wrk(f"{url}/v1/models/{args.model}/score", script, files["json"], "json", 16, 2)
                 for load in LOADS:
                     label, samples, _, concurrency = load
-                    for (code, _), server in zip(checkouts, servers, strict=True):
+                    for (code, *_), server in zip(checkouts, servers, strict=True):
                         r = measure(server, files, script, args.model, load, args.duration)
                         compare = samples if samples > 1 else max(round(r["batch"]), 1)
                         local = in_process(detector, x, compare, min(args.duration, 3.0))

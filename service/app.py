@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.admin import admin, repository
 from service.api.docs import install_docs, operation_id
+from service.api.drift import drift
 from service.api.probes import probes
 from service.api.routing import require_api_key
 from service.api.v1 import v1
@@ -150,7 +151,7 @@ def create_app(settings: Settings) -> ServiceApp:
     app.state.service = state
     app.state.dataplane = DataPlane(state)
     install_error_handlers(app)
-    for router in (probes, v1, v2_probes, v2, repository, admin):
+    for router in (probes, v1, drift, v2_probes, v2, repository, admin):
         app.include_router(router)
     install_docs(app, body_models=(InferRequest,), security_schemes=KEY_SCHEMES)
     app.outer = service_layers(app, settings, state, metrics)

@@ -37,6 +37,11 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
     ("compute_dtype", "--compute-dtype", "{float32,bfloat16,float16}", "dtype of the products"),
     ("shards", "--shards", "N", "reference shards per model on Ray actors (0: none)"),
     ("ray_address", "--ray-address", "ADDR", "Ray cluster of the shards (none: a local one)"),
+    ("drift_enabled", "--drift-enabled", "{true,false}", "run the drift monitor per model"),
+    ("drift_ert", "--drift-ert", "N", "drift: samples between false alarms (>= 10000)"),
+    ("drift_calibration_risk", "--drift-calibration-risk", "P", "drift: delta, in (0, 0.1]"),
+    ("drift_levels", "--drift-levels", "P1,P2", "drift: p-value levels watched"),
+    ("drift_shifts", "--drift-shifts", "E1,E2", "drift: contamination shares bet on"),
 )
 
 
@@ -47,6 +52,8 @@ def _default(setting: str) -> str:
     value = DEFAULTS[setting]
     if value is None or value == ():
         return "none"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

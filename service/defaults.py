@@ -30,4 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "ray_address": None,
     "gzip_min_bytes": 1024,
     "cors_origins": (),
+    "drift_enabled": True,
+    "drift_ert": 1_000_000.0,
+    "drift_calibration_risk": 0.001,
+    "drift_levels": (0.0001, 0.001, 0.01, 0.05, 0.2),
+    "drift_shifts": (0.01, 0.05, 0.25),
 }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.defaults import DEFAULTS
+from snnl.errors import InputError
+from snnl.monitoring import DriftSettings
 
 MIN_API_KEY_LENGTH = 16
 
@@ -144,7 +147,32 @@ class Settings(BaseSettings):
         "empty (default): no CORS headers.",
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    drift_enabled: bool = Field(
+        DEFAULTS["drift_enabled"],
+        description="Run a drift monitor per model over the served p-values (docs/drift.md).",
+    )
+    drift_ert: float = Field(
+        DEFAULTS["drift_ert"],
+        description="Drift monitor: expected samples between false alarms on in-distribution "
+        "traffic, per replica (at least 10000).",
+    )
+    drift_calibration_risk: float = Field(
+        DEFAULTS["drift_calibration_risk"],
+        description="Drift monitor: probability that the calibration set is too unlucky for the "
+        "false-alarm guarantee, in (0, 0.1].",
+    )
+    drift_levels: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULTS["drift_levels"],
+        description="Drift monitor: comma-separated p-value levels watched, increasing, in "
+        "(0, 0.5].",
+    )
+    drift_shifts: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULTS["drift_shifts"],
+        description="Drift monitor: comma-separated contamination shares the bets are tuned for, "
+        "increasing, in (0, 1).",
+    )
+
+    @field_validator("api_keys", "cors_origins", "drift_levels", "drift_shifts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         """``"k1,k2"`` -> ``("k1", "k2")``; blanks around items are dropped."""
@@ -187,6 +215,31 @@ class Settings(BaseSettings):
                 f"({self.max_batch_size})"
             )
         return self
+
+    @field_validator("drift_ert", "drift_calibration_risk", "drift_levels", "drift_shifts")
+    @classmethod
+    def _safe_drift(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each drift setting checked by ``DriftSettings`` itself (the others at their defaults):
+        an unsafe value is refused naming its variable."""
+        name = str(info.field_name)
+        field = name.removeprefix("drift_")
+        try:
+            DriftSettings(**{field: value})
+        except InputError as err:
+            raise ValueError(
+                f"{setting_env(name)}: {str(err).removeprefix(field + ': ')}"
+            ) from None
+        return value
+
+    @cached_property
+    def drift(self) -> DriftSettings:
+        """The drift monitor's settings (``snnl.monitoring.DriftSettings``)."""
+        return DriftSettings(
+            ert=self.drift_ert,
+            calibration_risk=self.drift_calibration_risk,
+            levels=self.drift_levels,
+            shifts=self.drift_shifts,
+        )
 
     @property
     def max_batch_wait_s(self) -> float:

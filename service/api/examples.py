@@ -186,3 +186,62 @@ EVALUATE_RESPONSE: dict[str, Any] = {
     "accuracy": 1.0,
     "outlier_rate": 0.0,
 }
+
+DRIFT_TIME = 1767225600.0
+"""The Unix time stamped on the example's alarms (2026-01-01)."""
+DRIFT_NOISE = {"seed": 0, "samples": 20, "low": 0, "high": 16}
+"""The example's stream: SAMPLES, then uniform noise images (numpy's default_rng(seed), values
+in [low, high)), scored in one batch and fed to a fresh monitor at DRIFT_TIME."""
+DRIFT_RESPONSE: dict[str, Any] = {
+    "model": "digits-mlp",
+    "version": "1",
+    "n_calibration": 270,
+    "settings": {
+        "ert": 1000000.0,
+        "calibration_risk": 0.001,
+        "levels": [0.0001, 0.001, 0.01, 0.05, 0.2],
+        "shifts": [0.01, 0.05, 0.25],
+    },
+    "samples": 30,
+    "statistic": 2.893229088307011,
+    "threshold": 6.0,
+    "alarms": 2,
+    "last_alarm": {
+        "sample": 25,
+        "change_point": 18,
+        "time": 1767225600.0,
+        "statistic": 6.622715798098048,
+    },
+    "change_point": 26,
+    "layers": {
+        "fc1": {
+            "samples": 30,
+            "statistic": 0.10806484207153044,
+            "threshold": 6.0,
+            "alarms": 1,
+            "last_alarm": {
+                "sample": 28,
+                "change_point": 10,
+                "time": 1767225600.0,
+                "statistic": 6.46430255078033,
+            },
+            "change_point": 29,
+        },
+        "fc2": {
+            "samples": 30,
+            "statistic": 4.61042315609394,
+            "threshold": 6.0,
+            "alarms": 0,
+            "last_alarm": None,
+            "change_point": 11,
+        },
+        "fc3": {
+            "samples": 30,
+            "statistic": 2.9055733922499143,
+            "threshold": 6.0,
+            "alarms": 0,
+            "last_alarm": None,
+            "change_point": 11,
+        },
+    },
+}

@@ -8,7 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.examples import EVALUATE_REQUEST, EVALUATE_RESPONSE, SCORE_REQUEST, SCORE_RESPONSE
+from service.api.examples import (
+    DRIFT_RESPONSE,
+    EVALUATE_REQUEST,
+    EVALUATE_RESPONSE,
+    SCORE_REQUEST,
+    SCORE_RESPONSE,
+)
 from snnl.evaluation.embeddings import LayerEvaluation
 
 
@@ -194,3 +200,59 @@ class ModelDetail(BaseModel):
 
     manifest: dict[str, Any]
     calibration: CalibrationSummary
+
+
+class DriftAlarm(BaseModel):
+    """One alarm of a drift monitor (``snnl.monitoring.Alarm``)."""
+
+    sample: int = Field(
+        description="Index of the sample (since the last reset) at which the statistic crossed "
+        "the threshold."
+    )
+    change_point: int = Field(description="Estimated index of the first drifted sample.")
+    time: float = Field(description="Unix time of the batch that raised it.")
+    statistic: float = Field(description="The statistic at the crossing (>= the threshold).")
+
+
+class DriftMonitorState(BaseModel):
+    """One monitor's state (``snnl.monitoring.DriftState``); indices count samples since the
+    last reset (an admin reset or a model reload) of this replica."""
+
+    samples: int = Field(description="p-values seen since the last reset.")
+    statistic: float = Field(
+        description="log10 of the evidence against 'no drift' (0: none); restarts at 0 after "
+        "an alarm."
+    )
+    threshold: float = Field(description="The alarm threshold, log10(SNNL_DRIFT_ERT).")
+    alarms: int = Field(description="Alarms since the last reset.")
+    last_alarm: DriftAlarm | None = Field(description="The latest alarm, if any.")
+    change_point: int | None = Field(
+        description="Where the statistic's current excursion began (the estimated first drifted "
+        "sample if it goes on to alarm); None while the statistic is 0."
+    )
+
+
+class DriftSettingsInfo(BaseModel):
+    """The monitor's settings (``SNNL_DRIFT_*``)."""
+
+    ert: float = Field(description="Expected samples between false alarms, per replica.")
+    calibration_risk: float = Field(
+        description="Probability that the calibration set is too unlucky for that guarantee."
+    )
+    levels: list[float] = Field(description="p-value levels watched.")
+    shifts: list[float] = Field(description="Contamination shares the bets are tuned for.")
+
+
+class DriftResponse(DriftMonitorState):
+    """A model's drift monitor on this replica: the state over the model's p-value (its alarms
+    are the model's alarms, counted by ``snnl_drift_alarms_total``) and one per served layer."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [DRIFT_RESPONSE]})
+
+    model: str
+    version: str
+    n_calibration: int = Field(description="Calibration samples the p-values are computed against.")
+    settings: DriftSettingsInfo
+    layers: dict[str, DriftMonitorState] = Field(
+        description="Per served layer, the monitor over that layer's p-value (which layer moved)."
+    )

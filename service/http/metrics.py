@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 
 from snnl import __version__
+from snnl.monitoring import COMBINED, ModelDriftState
 from snnl.scoring.results import STAGES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
@@ -110,6 +111,14 @@ class ServiceMetrics:
             "snnl_model_info", "Loaded models (value 1).",
             (*model, "version", "device", "backend"), registry=reg,
         )  # fmt: skip
+        self.drift_statistic = Gauge(
+            "snnl_drift_statistic", "Drift monitor statistic, log10 of the evidence (alarm at "
+            "log10(SNNL_DRIFT_ERT)); layer 'combined': the model's p-value.",
+            (*model, "layer"), registry=reg,
+        )  # fmt: skip
+        self.drift_alarms = Counter(
+            "snnl_drift_alarms", "Drift alarms of the model's monitor.", model, registry=reg
+        )
         self.requests_in_flight = Gauge(
             "snnl_requests_in_flight", "HTTP requests being handled now.", registry=reg
         )
@@ -136,6 +145,19 @@ class ServiceMetrics:
         self.outliers.labels(model)
         self.queue_depth.labels(model).set(0)
 
+    def register_drift(self, model: str, state: ModelDriftState) -> None:
+        """Publish a (re)loaded model's drift monitor: its statistics, and the alarm counter at 0
+        before its first alarm (so that ``increase()`` sees that alarm)."""
+        self.drift_alarms.labels(model)
+        self.observe_drift(model, state)
+
+    def observe_drift(self, model: str, state: ModelDriftState) -> None:
+        """The drift monitor's state after an update: statistics, and its new alarms counted."""
+        for layer, statistic in state.statistics().items():
+            self.drift_statistic.labels(model, layer).set(statistic)
+        if state.new_alarms:
+            self.drift_alarms.labels(model).inc(len(state.new_alarms))
+
     def forget_version(self, model: str, version: str, device: str, backend: str) -> None:
         """A replaced or unloaded version no longer shows in ``snnl_model_info``."""
         with contextlib.suppress(KeyError):
@@ -146,6 +168,9 @@ class ServiceMetrics:
         for layer in reference_sizes:
             with contextlib.suppress(KeyError):
                 self.reference_points.remove(model, layer)
+        for layer in (COMBINED, *reference_sizes):
+            with contextlib.suppress(KeyError):
+                self.drift_statistic.remove(model, layer)
 
     def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
         """One finished HTTP request."""

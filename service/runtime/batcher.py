@@ -13,7 +13,9 @@ Three roles (as in LitServe and infinity, minus their process hops):
 * worker (one thread per model, never the event loop): ``service.runtime.runner.BatchRunner``
   makes one scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the
   rows back; a group that fails is retried chunk by chunk, so a bad request fails alone and every
-  future gets an outcome.
+  future gets an outcome. Once the futures have their outcomes, ``after`` (the drift monitor)
+  gets the scored chunks in the same thread, off the requests' latency path: those of every
+  batch answered within ``AFTER_EVERY_S`` in one call (``flush`` hands them over at once).
 
 Per-request ``alpha`` and ``neighbors`` are honored by that grouping: every request is scored by
 exactly the call it would get alone, with no math in the service. Requests with the usual
@@ -23,6 +25,7 @@ defaults form one group, so the common case is one call per batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +42,10 @@ from service.runtime.runner import BatchRunner, Part, R, ScoreFn
 from snnl.scoring.batch import CheckedBatch, num_rows, slice_rows
 
 T = TypeVar("T")
+logger = logging.getLogger("snnl.service")
+AFTER_EVERY_S = 0.05
+"""``after`` gets the scored chunks of all batches answered in the last 50 ms at once: under load
+one call covers many batches (the drift monitor costs ~0.5 ms a call, mostly fixed)."""
 
 
 @dataclass(eq=False)
@@ -66,6 +73,7 @@ class DynamicBatcher(Generic[R]):
         max_queue: int,
         timeout_s: float,
         metrics: ServiceMetrics,
+        after: Callable[[list[R]], object] | None = None,
     ) -> None:
         if not 1 <= max_batch_size <= max_queue:
             raise ValueError(
@@ -80,6 +88,9 @@ class DynamicBatcher(Generic[R]):
         self._runner: BatchRunner[R] = BatchRunner(
             model, score, lambda result: metrics.observe_batch(model, result)
         )
+        self._after = after
+        self._scored: list[R] = []  # chunks answered since ``after`` last got them
+        self._after_timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snnl-{model}")
         self._queue: deque[_Chunk[R]] = deque()
         self._queued_samples = 0
@@ -103,6 +114,9 @@ class DynamicBatcher(Generic[R]):
     async def stop(self) -> None:
         """Stop collecting, fail every waiting request with 503, and join the worker thread."""
         waiting = [*self._queue, *self._running]
+        if self._after_timer is not None:
+            self._after_timer.cancel()
+            self._after_timer = None
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
@@ -265,3 +279,32 @@ class DynamicBatcher(Generic[R]):
                 chunk.future.set_exception(outcome)
             else:
                 chunk.future.set_result(outcome)
+        if self._after is not None:
+            self._scored += [out for out in outcomes if not isinstance(out, BaseException)]
+            if self._scored and self._after_timer is None:
+                self._after_timer = loop.call_later(AFTER_EVERY_S, self._hand_over)
+
+    def _hand_over(self) -> asyncio.Future[None]:
+        """Give the chunks answered so far to ``after`` in the scoring thread (after the batch
+        running now, if any); the future of that call."""
+        if self._after_timer is not None:
+            self._after_timer.cancel()
+            self._after_timer = None
+        scored, self._scored = self._scored, []
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._run_after, scored)
+
+    async def flush(self) -> None:
+        """Wait until ``after`` has had every chunk answered so far (e.g. before reading the
+        drift monitor's state)."""
+        if self._after is not None and self._collector is not None:
+            await self._hand_over()
+
+    def _run_after(self, scored: list[R]) -> None:
+        """``after(scored)``: chunks in the order they were answered; a failure is logged,
+        never seen by a request."""
+        if not scored or self._after is None:
+            return
+        try:
+            self._after(scored)
+        except Exception:
+            logger.exception("after-batch hook failed", extra={"fields": {"model": self.model}})

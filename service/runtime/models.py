@@ -41,6 +41,7 @@ from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
 from snnl.model.store import list_models, manifest_fingerprint
+from snnl.monitoring import ModelDriftMonitor
 from snnl.scoring.batch import CheckedBatch, slice_rows
 from snnl.scoring.results import ScoreResult
 
@@ -65,6 +66,7 @@ class ServedModel:
     info: ModelInfo
     manifest: dict[str, Any]
     calibration: CalibrationSummary
+    drift: ModelDriftMonitor | None = None  # None when SNNL_DRIFT_ENABLED is false
 
     @property
     def name(self) -> str:
@@ -131,6 +133,20 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     for _ in range(iterations):
         score(batch, None, 0)
         score(one, None, 0)
+
+
+def _observe_drift(
+    monitor: ModelDriftMonitor, metrics: ServiceMetrics, model: str, scored: list[ScoreResult]
+) -> None:
+    """One scored batch into the model's drift monitor, and its state into the metrics. The
+    monitor gets the marginal p-values (``p_value``, ``layer_p_value``): its guarantee is stated
+    for them, whatever else a request asked for."""
+    if len(scored) == 1:
+        p, layer_p = scored[0].p_value, scored[0].layer_p_value
+    else:
+        p = np.concatenate([result.p_value for result in scored])
+        layer_p = np.concatenate([result.layer_p_value for result in scored])
+    metrics.observe_drift(model, monitor.update(p, layer_p))
 
 
 def _layer_dims(detector: Detector) -> dict[str, int]:
@@ -385,9 +401,23 @@ class ServiceState:
             entry.loading = False
         old, entry.served = entry.served, new
         entry.fingerprint, entry.reason = fingerprint, ""
+        self._publish(new)
         logger.info("model ready", extra={"fields": {"model": name, "version": new.version}})
         if old is not None:
             await self._retire(old)
+            # Again: retiring a same-named version removed its info series, and the old
+            # version's last batches may have set the drift gauges.
+            self._publish(new)
+
+    def _publish(self, served: ServedModel) -> None:
+        """The serving version's model series: info, reference sizes, counters, drift."""
+        detector = served.detector
+        self.metrics.register_model(
+            served.name, served.version, detector.device, detector.backend,
+            detector.reference_sizes,
+        )  # fmt: skip
+        if served.drift is not None:
+            self.metrics.register_drift(served.name, served.drift.state)
 
     async def _unload_entry(self, name: str, reason: str) -> None:
         entry = self.entries[name]
@@ -412,6 +442,11 @@ class ServiceState:
         s = self.settings
         detector = await asyncio.to_thread(_load_detector, s, name)
         info, calibration = _describe(detector)
+        drift = (
+            ModelDriftMonitor(detector.manifest.calibration_size, detector.layers, s.drift)
+            if s.drift_enabled
+            else None
+        )  # a new one per load: a reload starts from zero
         batcher: DynamicBatcher[ScoreResult] = DynamicBatcher(
             name,
             score_call(detector),
@@ -420,6 +455,7 @@ class ServiceState:
             max_queue=s.max_queue,
             timeout_s=s.request_timeout_s,
             metrics=self.metrics,
+            after=None if drift is None else partial(_observe_drift, drift, self.metrics, name),
         )
         batcher.start()
         try:
@@ -429,9 +465,6 @@ class ServiceState:
         except BaseException:
             await batcher.stop()
             raise
-        self.metrics.register_model(
-            name, detector.version, detector.device, detector.backend, detector.reference_sizes
-        )
         return ServedModel(
             detector=detector,
             batcher=batcher,
@@ -439,6 +472,7 @@ class ServiceState:
             info=info,
             manifest=detector.manifest.model_dump(mode="json"),
             calibration=calibration,
+            drift=drift,
         )
 
     async def close(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from _prometheus import query, run_prometheus
 from _server import HEADERS, Server
 
 from service.settings import Settings, setting_env
@@ -279,47 +279,11 @@ def test_the_cpu_image_installs_everything_serving_imports() -> None:
     assert not missing, f"serving imports {sorted(missing)}, not in deploy/requirements-cpu.txt"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def prometheus(server: Server, tmp_path: Path) -> Iterator[str]:
     """A real Prometheus scraping the session server every second, with deploy's alert rules."""
-    target = server.url.removeprefix("http://")
-    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
-    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
-
-
-def query(prometheus: str, promql: str) -> list[dict[str, object]]:
-    """The result of an instant query; [] while Prometheus is not up or not ready yet (it
-    answers 503 in plain text while it starts)."""
-    try:
-        response = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql})
-    except httpx.TransportError:
-        return []
-    if response.status_code != 200:
-        return []
-    body = response.json()
-    return body["data"]["result"] if body.get("status") == "success" else []
+    with run_prometheus([server.url], tmp_path) as url:
+        yield url
 
 
 def test_a_real_prometheus_scrapes_the_service(server: Server, prometheus: str) -> None:
@@ -347,11 +311,22 @@ def test_a_real_prometheus_scrapes_the_service(server: Server, prometheus: str) 
         "snnl_reference_points",
         "snnl_p_value_bucket",
         "snnl_queue_depth",
+        "snnl_drift_alarms_total",
     ):
         assert query(prometheus, f'{name}{{model="digits-mlp"}}'), name
+
+    # The drift alert's series, with the labels it groups by: one statistic per served layer and
+    # one for the model's p-value (tests/service/test_drift.py makes the alert fire).
+    def layers(name: str) -> set[str]:
+        found = query(prometheus, f'{name}{{model="digits-mlp", job="snnl"}}')
+        return {str(r["metric"]["layer"]) for r in found}  # type: ignore[index]
+
+    served = layers("snnl_reference_points")
+    assert served and layers("snnl_drift_statistic") == {"combined", *served}
     rules = httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
     assert {rule["name"] for group in rules for rule in group["rules"]} >= {
         "SnnlDown",
         "SnnlOutlierRateHigh",
+        "SnnlDriftDetected",
     }
     assert query(prometheus, 'up{job="snnl"} == 1')

@@ -8,15 +8,27 @@ from typing import Any
 
 import numpy as np
 
+from service.api.drift import drift_response
 from service.api.examples import (
+    DRIFT_NOISE,
+    DRIFT_RESPONSE,
+    DRIFT_TIME,
     EVALUATE_REQUEST,
     EVALUATE_RESPONSE,
+    SAMPLES,
     SCORE_REQUEST,
     SCORE_RESPONSE,
 )
-from service.api.schemas import EvaluateRequest, EvaluateResponse, ScoreRequest, ScoreResponse
+from service.api.schemas import (
+    DriftResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
+from snnl.monitoring import DriftSettings, ModelDriftMonitor
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -62,8 +74,23 @@ def test_examples_match_the_committed_default_model() -> None:
     )
 
 
+def test_drift_example_is_the_monitor_of_the_committed_model_on_its_stream() -> None:
+    detector = Detector.load(MODELS, "digits-mlp", device="cpu", threads=1)
+    rng = np.random.default_rng(DRIFT_NOISE["seed"])
+    noise = rng.integers(DRIFT_NOISE["low"], DRIFT_NOISE["high"], size=(DRIFT_NOISE["samples"], 64))
+    x = np.concatenate([np.asarray(SAMPLES, dtype=np.float32), noise.astype(np.float32)])
+    result = detector.score(x)
+    monitor = ModelDriftMonitor(
+        detector.manifest.calibration_size, detector.layers, DriftSettings()
+    )
+    monitor.update(result.p_value, result.layer_p_value, now=DRIFT_TIME)
+    assert_close(drift_response(detector.name, detector.version, monitor), DRIFT_RESPONSE)
+    assert DRIFT_RESPONSE["alarms"] >= 1 and DRIFT_RESPONSE["last_alarm"]["change_point"] >= 10
+
+
 def test_examples_fit_the_schemas() -> None:
     ScoreRequest.model_validate(SCORE_REQUEST)
     ScoreResponse.model_validate(SCORE_RESPONSE)
     EvaluateRequest.model_validate(EVALUATE_REQUEST)
     EvaluateResponse.model_validate(EVALUATE_RESPONSE)
+    DriftResponse.model_validate(DRIFT_RESPONSE)

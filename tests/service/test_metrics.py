@@ -31,6 +31,8 @@ DOCUMENTED = {
     "snnl_queue_depth": ("gauge", {"model"}),
     "snnl_reference_points": ("gauge", {"model", "layer"}),
     "snnl_model_info": ("gauge", {"model", "version", "device", "backend"}),
+    "snnl_drift_statistic": ("gauge", {"model", "layer"}),
+    "snnl_drift_alarms": ("counter", {"model"}),
     "snnl_requests_in_flight": ("gauge", set()),
     "snnl_build_info": ("gauge", {"version"}),
 }

@@ -38,6 +38,7 @@ def test_operation_ids_are_route_names(openapi: dict[str, Any]) -> None:
     ids = [op["operationId"] for path in openapi["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
     assert {"score", "evaluate", "models", "v2_infer", "v2_model", "v2_ready"} <= set(ids)
+    assert {"drift", "drift_reset"} <= set(ids)
     assert all(re.fullmatch(r"[a-z0-9_]+", op) for op in ids), ids
 
 
@@ -52,6 +53,20 @@ def test_api_keys_are_security_schemes_of_the_guarded_operations(openapi: dict[s
             guarded = path.startswith(("/v1", "/v2/models", "/v2/repository")) or path == "/v2"
             expected = [{"bearer": []}, {"api_key": []}] if guarded else None
             assert operation.get("security") == expected, path
+
+
+def test_drift_operations_document_their_answer_with_the_example(openapi: dict[str, Any]) -> None:
+    get = openapi["paths"]["/v1/models/{model}/drift"]["get"]
+    reset = openapi["paths"]["/v1/models/{model}/drift/reset"]["post"]
+    for operation in (get, reset):
+        ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        schema = openapi["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        assert schema["examples"][0]["model"] == "digits-mlp"
+        assert {"statistic", "threshold", "alarms", "last_alarm", "change_point", "layers"} <= set(
+            schema["properties"]
+        )
+        assert {"401", "404", "503"} <= set(operation["responses"])
+    assert "403" in reset["responses"] and "403" not in get["responses"]
 
 
 def test_v2_infer_body_schema_resolves(openapi: dict[str, Any]) -> None:

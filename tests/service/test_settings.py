@@ -89,6 +89,49 @@ def test_unsafe_values_are_refused(values: dict[str, object], message: str) -> N
         Settings(**values)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "SNNL_DRIFT_ERT",
+            "5000",
+            "SNNL_DRIFT_ERT: expected >= 10000 samples between false alarms",
+        ),
+        ("SNNL_DRIFT_ERT", "inf", "SNNL_DRIFT_ERT: expected a finite number"),
+        ("SNNL_DRIFT_ERT", "many", "valid number"),
+        ("SNNL_DRIFT_CALIBRATION_RISK", "0", "SNNL_DRIFT_CALIBRATION_RISK: expected a probability"),
+        ("SNNL_DRIFT_CALIBRATION_RISK", "0.5", "in (0, 0.1], got 0.5"),
+        ("SNNL_DRIFT_LEVELS", "0.05,0.01", "SNNL_DRIFT_LEVELS: expected strictly increasing"),
+        ("SNNL_DRIFT_LEVELS", "0.01,0.7", "SNNL_DRIFT_LEVELS: expected values in (0, 0.5]"),
+        ("SNNL_DRIFT_LEVELS", "", "SNNL_DRIFT_LEVELS: expected a non-empty list"),
+        ("SNNL_DRIFT_SHIFTS", "0.1,1", "SNNL_DRIFT_SHIFTS: expected values in (0, 1)"),
+        ("SNNL_DRIFT_ENABLED", "maybe", "valid boolean"),
+    ],
+)
+def test_unsafe_drift_settings_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=re.escape(message)) as refused:
+        Settings()
+    assert refused.value.errors()[0]["loc"][0] == variable.removeprefix("SNNL_").lower()
+
+
+def test_drift_settings_defaults_are_the_library_defaults_and_lists_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from snnl.monitoring import DriftSettings
+
+    assert Settings().drift == DriftSettings() and Settings().drift_enabled
+    monkeypatch.setenv("SNNL_DRIFT_ENABLED", "false")
+    monkeypatch.setenv("SNNL_DRIFT_ERT", "1e5")
+    monkeypatch.setenv("SNNL_DRIFT_LEVELS", " 0.001, 0.05 ")
+    monkeypatch.setenv("SNNL_DRIFT_SHIFTS", "0.1")
+    s = Settings()
+    assert not s.drift_enabled
+    assert s.drift == DriftSettings(ert=1e5, levels=(0.001, 0.05), shifts=(0.1,))
+
+
 def test_every_setting_has_its_flag_and_variable() -> None:
     assert sorted(setting for setting, *_ in FLAGS) == sorted(Settings.model_fields)
     for setting, flag, *_ in FLAGS:
