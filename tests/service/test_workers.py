@@ -163,7 +163,7 @@ def test_a_reload_request_to_one_worker_reloads_every_worker(server: Server, mod
 def test_sigterm_drains_every_worker_and_exits_0(repository: Path, tmp_path: Path) -> None:
     answers: list[int] = []
     with start_server(
-        repository, tmp_path / "log", workers=str(WORKERS), shutdown_drain_s="2",
+        repository, tmp_path / "log", workers=str(WORKERS), shutdown_drain_s="5",
         warmup_iterations="1", max_batch_wait_ms="100",
     ) as server:  # fmt: skip
         body = {"embeddings": {"embedding": np.zeros((2, 16)).tolist()}}
@@ -184,7 +184,8 @@ def test_sigterm_drains_every_worker_and_exits_0(repository: Path, tmp_path: Pat
             until(lambda: len(answers) >= 8, "load")
             server.process.send_signal(signal.SIGTERM)
             # during the drain, every worker answers 503 (each got SIGTERM from the parent)
-            ready = [httpx.get(f"{server.url}/readyz").status_code for _ in range(6)]
+            until(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, "503", 10)
+            ready = [a.status_code for a in per_worker(server, lambda c: c.get("/readyz"))]
             assert server.process.wait(60) == 0, server.log.read_text()[-3000:]
             for future in running:
                 future.result()  # no client saw anything but answers, then a refused connect
