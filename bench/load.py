@@ -1,8 +1,11 @@
 """Load test of ``snnl serve`` with ``wrk``: throughput and latency against in-process scoring.
 
     .venv/bin/python bench/load.py [--repository models] [--model digits-mlp] [--duration 10]
-        [--configs batching,no-wait,off] [--baseline /path/to/other/checkout]
-        [--vary SETTING=V1,V2] [--out bench/results/load.md]
+        [--configs batching,no-wait,off] [--workers 1,2] [--litserve]
+        [--baseline /path/to/other/checkout] [--vary SETTING=V1,V2] [--out bench/results/load.md]
+
+Needs ``wrk`` (``apt-get install wrk``) and, for ``--litserve``, ``pip install litserve`` (the
+``bench`` extra). The load generator runs on the same machine as the server and shares its cores.
 
 For each server configuration (batching: max batch 128 and a 2 ms wait; no wait: max batch 128,
 wait 0, so only requests that queue while a batch runs are merged; off: max batch 1) it starts
@@ -18,7 +21,12 @@ requests. ``HTTP / in-process`` is the row's samples/s over that in-process samp
 right after the load on the same, equally busy machine. ``server CPU per request`` is the
 server process's CPU time (user + system, both threads) over the requests answered: unlike
 requests/s it hardly depends on what else the machine runs, and 2 cores / that time bounds the
-requests/s of a quiet 2-core machine. ``--baseline DIR`` also serves another checkout (its
+requests/s of a quiet 2-core machine (with workers: the CPU of the parent and every worker).
+``--workers 1,2`` serves each configuration with each number of worker processes and adds a
+table of resident memory per process (RSS, PSS and USS from /proc/PID/smaps_rollup, after the
+loads). ``--litserve`` also serves the model with LitServe (``bench/litserve_server.py``, the
+same max batch and wait) and runs the 1-sample JSON loads against it in the same run.
+``--baseline DIR`` also serves another checkout (its
 ``snnl`` and ``service`` packages, on ``PYTHONPATH``) beside this one and runs every load
 against it right before this one's, so a change is compared within one run; ``--vary SETTING=V1,V2``
 likewise serves one server per value of a setting (e.g. ``drift_enabled=false,true``) and runs
@@ -29,6 +37,7 @@ table with the machine to ``--out`` and prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
@@ -37,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -136,6 +146,38 @@ def bodies(folder: Path) -> tuple[dict[str, Path], np.ndarray]:
     return {"json": one, "npy": many}, x
 
 
+def start_litserve(
+    repository: Path, model: str, settings: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``bench/litserve_server.py`` with the max batch and wait of ``settings``; (process, URL)."""
+    port = free_port()
+    script = Path(__file__).with_name("litserve_server.py")
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(script), "--repository", str(repository), "--model", model,
+             "--port", str(port), "--max-batch-size", settings["max_batch_size"],
+             "--max-batch-wait-ms", settings["max_batch_wait_ms"]],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(process, f"{url}/health", log)
+    return process, url
+
+
+def wait_ready(process: subprocess.Popen[bytes], probe: str, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(probe).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("server not ready after 300 s")
+
+
 def start(
     repository: Path, settings: dict[str, str], log: Path, pythonpath: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -151,17 +193,8 @@ def start(
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("server not ready after 300 s")
+    wait_ready(process, f"{url}/readyz", log)
+    return process, url
 
 
 def wrk(
@@ -184,10 +217,43 @@ def wrk(
     }
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pids += tree(int(child))
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc), all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its children so far (Linux /proc), all
+    threads."""
+    total = 0
+    for one in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int) -> list[tuple[int, str, dict[str, float]]]:
+    """(pid, command, {RSS, PSS, USS} in MiB) of ``pid`` and each descendant."""
+    rows = []
+    for one in tree(pid):
+        with contextlib.suppress(OSError):
+            kb = {}
+            for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines()[1:]:
+                key, value = line.split(":", 1)
+                kb[key] = int(value.split()[0])
+            cmd = Path(f"/proc/{one}/cmdline").read_text().replace("\0", " ")
+            role = "worker" if "spawn_main" in cmd else "tracker" if "resource_tracker" in cmd \
+                else "server"  # fmt: skip
+            uss = kb["Private_Clean"] + kb["Private_Dirty"]
+            rows.append((one, role, {"RSS": kb["Rss"] / 1024, "PSS": kb["Pss"] / 1024,
+                                     "USS": uss / 1024}))  # fmt: skip
+    return rows
 
 
 def batches(url: str, model: str) -> tuple[float, float]:
@@ -240,6 +306,8 @@ def main() -> None:
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="of " + ", ".join(CONFIGS))
+    parser.add_argument("--workers", default="1", help="worker counts to serve with, e.g. 1,2")
+    parser.add_argument("--litserve", action="store_true", help="also serve it with LitServe")
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--vary", help="SETTING=V1,V2: one server per value, measured in turn")
     parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
@@ -260,8 +328,12 @@ def main() -> None:
         files, x = bodies(Path(tmp))
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
-        for key in args.configs.split(","):
+        memory_rows: list[str] = []
+        runs = [(k, n) for k in args.configs.split(",") for n in args.workers.split(",")]
+        for key, workers in runs:
             name, settings = CONFIGS[key]
+            settings = {**settings, "workers": workers}
+            name = f"{name}, {workers} worker{'s' if workers != '1' else ''}"
             servers = [
                 start(args.repository, settings | extra, Path(tmp) / f"server{i}.log", path)
                 for i, (_, path, extra) in enumerate(checkouts)
@@ -284,14 +356,67 @@ def main() -> None:
                         )
                         lines.append(row)
                         print(row, flush=True)
+                for (code, _), (process, _) in zip(checkouts, servers, strict=True):
+                    for pid, role, m in memory(process.pid):
+                        memory_rows.append(
+                            f"| {code} | {name} | {role} {pid} | {m['RSS']:.0f} | "
+                            f"{m['PSS']:.0f} | {m['USS']:.0f} |"
+                        )
             finally:
                 for process, _ in servers:
                     process.terminate()
                     process.wait(30)
+            if args.litserve:
+                lines += litserve_rows(args, detector, x, files, script, Path(tmp))
+        lines += [
+            "",
+            "Resident memory per process after the loads, MiB (PSS: shared pages split among "
+            "the processes that map them; USS: pages of this process alone):",
+            "",
+            "| code | server | process | RSS | PSS | USS |",
+            "|---|---|---|---:|---:|---:|",
+            *memory_rows,
+        ]
     lines += ["", f"Load average after the run: {os.getloadavg()[0]:.2f}."]
     print(lines[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+
+
+def litserve_rows(
+    args: argparse.Namespace,
+    detector: Detector,
+    x: np.ndarray,
+    files: dict[str, Path],
+    script: Path,
+    tmp: Path,
+) -> list[str]:
+    """The 1-sample JSON loads against LitServe serving the same model (batching as snnl's
+    first configuration); LitServe reports no batch sizes, so no in-process comparison."""
+    name, settings = CONFIGS[args.configs.split(",")[0]]
+    process, url = start_litserve(args.repository, args.model, settings, tmp / "litserve.log")
+    rows = []
+    try:
+        wrk(f"{url}/predict", script, files["json"], "json", 16, 2)
+        for label, samples, kind, concurrency in LOADS:
+            if kind != "json":
+                continue
+            cpu = cpu_seconds(process.pid)
+            r = wrk(f"{url}/predict", script, files[kind], kind, concurrency, args.duration)
+            cpu = cpu_seconds(process.pid) - cpu
+            requests = r["rate"] * args.duration
+            row = (
+                f"| LitServe {version('litserve')} | {name} | {label} | {concurrency} | "
+                f"{r['rate']:.0f} | {r['rate'] * samples:.0f} | {r['p50']:.1f} | "
+                f"{r['p99']:.1f} | - | {1000 * cpu / max(requests, 1):.2f} | - | - | "
+                f"{r['failed']:.0f} |"
+            )
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        process.terminate()
+        process.wait(30)
+    return rows
 
 
 if __name__ == "__main__":

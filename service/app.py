@@ -2,7 +2,8 @@
 
 One process serves one repository on one device: every model is loaded once (its reference set in
 device memory once), each gets one scoring thread fed by its ``DynamicBatcher``, and the event
-loop only parses, validates and answers. Scale out with more replicas, one per device.
+loop only parses, validates and answers. ``workers`` > 1 runs that many such processes on one
+port (``service.workers``); scale out with more replicas, one per machine or device.
 
 Signals: SIGTERM turns ``/readyz`` to 503 at once and keeps serving for ``shutdown_drain_s`` (load
 balancers stop sending), then closes the listening socket, lets accepted requests finish for at
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager, contextmanager
@@ -43,6 +45,7 @@ from service.http.metrics import ServiceMetrics
 from service.http.security import KEY_SCHEMES
 from service.runtime.models import ServiceState
 from service.settings import Settings
+from service.workers import Peers
 from snnl import __version__
 
 DESCRIPTION = """\
@@ -133,11 +136,12 @@ def service_layers(
     )
 
 
-def create_app(settings: Settings) -> ServiceApp:
-    """A FastAPI app serving ``settings.model_repository``; models load when it starts."""
+def create_app(settings: Settings, peers: Peers | None = None) -> ServiceApp:
+    """A FastAPI app serving ``settings.model_repository``; models load when it starts.
+    ``peers``: the other workers of a multi-process server (``service.workers``)."""
     configure_logging(settings.log_level)
     metrics = ServiceMetrics()
-    state = ServiceState(settings, metrics)
+    state = ServiceState(settings, metrics, peers)
     app = ServiceApp(
         title="snnl",
         version=__version__,
@@ -158,12 +162,21 @@ def create_app(settings: Settings) -> ServiceApp:
     return app
 
 
-def run(settings: Settings) -> None:
-    """Serve with uvicorn in this process (one worker: see the module docstring); returns after
-    a signal once the accepted requests are done, so the process exits 0."""
+def run(settings: Settings) -> int:
+    """Serve until a signal, then return once the accepted requests are done: 0 (the exit
+    status). One process, or ``settings.workers`` worker processes (``service.workers``)."""
+    if settings.workers > 1:
+        from service.workers import supervise
+
+        return supervise(settings)
+    serve(create_app(settings), settings)
+    return 0
+
+
+def serve(app: ServiceApp, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve ``app`` with uvicorn in this process, on ``sockets`` when given (a worker's)."""
     import uvicorn
 
-    app = create_app(settings)
     state: ServiceState = app.state.service
     config = uvicorn.Config(
         app,
@@ -207,6 +220,6 @@ def run(settings: Settings) -> None:
             return await super().on_tick(counter)
 
     server = Server(config)
-    server.run()
+    server.run(sockets=sockets)
     if not server.started:
         raise SystemExit(3)

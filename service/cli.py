@@ -29,6 +29,7 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
     ("shutdown_drain_s", "--shutdown-drain-s", "S", "on SIGTERM, serve with /readyz 503 this long"),
     ("shutdown_grace_s", "--shutdown-grace-s", "S", "then let accepted requests finish this long"),
     ("repository_poll_s", "--repository-poll-s", "S", "reload changed models every S s (0: off)"),
+    ("workers", "--workers", "N", "serving processes on the one port (docs/scaling.md)"),
     ("log_level", "--log-level", "{DEBUG,INFO,WARNING,ERROR}", "level of the JSON log lines"),
     ("scoring_threads", "--scoring-threads", "N", "intra-op threads per model's scorer"),
     ("warmup_iterations", "--warmup-iterations", "N", "warm-up scoring calls per model"),
@@ -82,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service import Settings
-    from service import run as serve
 
     overrides = {setting: getattr(args, setting) for setting, *_ in FLAGS}
     try:
@@ -94,8 +94,13 @@ def run(args: argparse.Namespace) -> int:
         where = f" ({flag} / SNNL_{setting.upper()})" if flag else ""
         raise InputError(f"setting {setting}{where}: {first['msg']}") from err
     _check_bindable(settings.host, settings.port)
-    serve(settings)
-    return 0
+    if settings.workers > 1:  # the parent stays light: no torch, no app (service.workers)
+        from service.workers import supervise
+
+        return supervise(settings)
+    from service import run as serve
+
+    return serve(settings)
 
 
 def _check_bindable(host: str, port: int) -> None:

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "host": "127.0.0.1",
     "port": 8000,
+    "workers": 1,
     "scoring_threads": 1,
     "warmup_iterations": 2,
     "shards": 0,

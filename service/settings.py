@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         le=65535,
         description="Port to bind (0: any free port, named in the log).",
     )
+    workers: int = Field(
+        DEFAULTS["workers"],
+        ge=1,
+        le=256,
+        description="Serving processes on the one port, each loading every model (reference "
+        "pages shared) and batching its own traffic; about one per core (docs/scaling.md).",
+    )
     scoring_threads: int = Field(
         DEFAULTS["scoring_threads"],
         ge=1,
@@ -240,6 +247,15 @@ class Settings(BaseSettings):
             levels=self.drift_levels,
             shifts=self.drift_shifts,
         )
+
+    @model_validator(mode="after")
+    def _workers_without_shards(self) -> Settings:
+        if self.workers > 1 and self.shards:
+            raise ValueError(
+                "workers > 1 with shards would start every worker's own shard actors: "
+                "use one worker with shards, or replicas"
+            )
+        return self
 
     @property
     def max_batch_wait_s(self) -> float:

@@ -7,7 +7,8 @@
 
 Each needs an API key, and API keys must be configured: without them these answer 403, so an
 open service can never be emptied by anyone who reaches it. SIGHUP does what ``/v1/admin/reload``
-does (``service.app``).
+does (``service.app``). With worker processes, ``/v1/admin/reload`` reaches every worker; the
+one-model load and unload act on the worker that answers (use reload there).
 """
 
 from __future__ import annotations
@@ -58,5 +59,8 @@ async def unload_model(model: str, state: State) -> ModelStatus:
 @admin.post("/reload", name="reload", response_model=RepositoryIndex)
 async def reload(state: State) -> RepositoryIndex:
     """Re-read the API keys file and follow the repository: load new and changed models,
-    unload removed ones. The index afterwards."""
-    return RepositoryIndex(models=await state.reload())
+    unload removed ones. The index afterwards (of the worker that answered: with worker
+    processes, the others reload in the background)."""
+    index = await state.reload()
+    state.reload_peers()
+    return RepositoryIndex(models=index)

@@ -36,8 +36,10 @@ async def readyz(state: State) -> dict[str, Any]:
     """200 once the repository is loaded and at least one model serves; the models that could
     not be loaded are listed under ``unavailable`` with the reason. 503 while loading, when no
     model serves, while a served model cannot score now (a shard of its reference is missing),
-    and once shutting down."""
+    and once shutting down; with worker processes, also until every worker is ready (each
+    worker answers for the whole server)."""
     state.raise_if_not_ready()
+    state.raise_if_peers_not_ready()
     await state.raise_if_unavailable()
     unavailable = [status.model_dump() for status in state.unavailable()]
     return {"status": "ready", "models": list(state.models), "unavailable": unavailable}
@@ -47,4 +49,4 @@ async def readyz(state: State) -> dict[str, Any]:
 async def metrics(request: Request, state: State) -> Response:
     """Prometheus text format (OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(state.metrics.registry), media_type=content_type)
+    return Response(encoder(state.metrics.exposition), media_type=content_type)

@@ -1,5 +1,12 @@
 """The service's Prometheus metrics (docs/service.md), on one registry per app (tests isolated).
 
+With worker processes (``snnl serve --workers N``, ``service.workers``) every metric also lives
+in prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before
+a worker imports prometheus-client), and ``/metrics`` shows their aggregate, whichever worker
+answers: counters and histograms summed, the queue-depth and in-flight gauges summed over live
+workers, the info gauges their maximum over live workers. The per-process ``process_*`` and
+``python_*`` collectors are left out there (each would describe only the worker that answered).
+
 Base units (seconds, samples), ``_total`` on counters, and label values drawn only from the
 model repository (model, layer, version), the fixed route names and HTTP status codes: no
 per-sample or per-request values, so cardinality stays bounded. The same registry carries the
@@ -10,6 +17,7 @@ interpreter version) collectors, the in-flight request gauge and ``snnl_build_in
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -23,6 +31,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from snnl import __version__
 from snnl.monitoring import COMBINED, ModelDriftState
@@ -67,6 +76,13 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.multiprocess = bool(shared)
+        self.exposition = self.registry
+        """What ``/metrics`` shows: this app's registry, or every worker's aggregate."""
+        if shared:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=shared)
         model = ("model",)
         self.requests = Counter(
             "snnl_requests", "HTTP requests by route and status code.",
@@ -101,33 +117,45 @@ class ServiceMetrics:
             model, buckets=UNIT_BUCKETS, registry=reg,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "snnl_queue_depth", "Samples waiting in the model's queue.", model, registry=reg
+            "snnl_queue_depth",
+            "Samples waiting in the model's queue.",
+            model,
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.reference_points = Gauge(
             "snnl_reference_points", "Reference-set rows per served layer.",
-            (*model, "layer"), registry=reg,
+            (*model, "layer"), registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.model_info = Gauge(
             "snnl_model_info", "Loaded models (value 1).",
-            (*model, "version", "device", "backend"), registry=reg,
+            (*model, "version", "device", "backend"), registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.drift_statistic = Gauge(
             "snnl_drift_statistic", "Drift monitor statistic, log10 of the evidence (alarm at "
             "log10(SNNL_DRIFT_ERT)); layer 'combined': the model's p-value.",
-            (*model, "layer"), registry=reg,
+            (*model, "layer"), registry=reg, multiprocess_mode="all",
         )  # fmt: skip
         self.drift_alarms = Counter(
             "snnl_drift_alarms", "Drift alarms of the model's monitor.", model, registry=reg
         )
         self.requests_in_flight = Gauge(
-            "snnl_requests_in_flight", "HTTP requests being handled now.", registry=reg
+            "snnl_requests_in_flight",
+            "HTTP requests being handled now.",
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.build_info = Gauge(
-            "snnl_build_info", "The running snnl (value 1).", ("version",), registry=reg
+            "snnl_build_info",
+            "The running snnl (value 1).",
+            ("version",),
+            registry=reg,
+            multiprocess_mode="livemax",
         )
         self.build_info.labels(__version__).set(1)
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            reg.register(collector)
+        if not shared:
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                reg.register(collector)
 
     def register_model(
         self,
@@ -159,18 +187,24 @@ class ServiceMetrics:
             self.drift_alarms.labels(model).inc(len(state.new_alarms))
 
     def forget_version(self, model: str, version: str, device: str, backend: str) -> None:
-        """A replaced or unloaded version no longer shows in ``snnl_model_info``."""
-        with contextlib.suppress(KeyError):
-            self.model_info.remove(model, version, device, backend)
+        """A replaced or unloaded version no longer shows in ``snnl_model_info`` (with workers,
+        whose shared files keep every series, it shows 0)."""
+        self._forget(self.model_info, model, version, device, backend)
 
     def forget_model(self, model: str, reference_sizes: Mapping[str, int]) -> None:
         """An unloaded model's gauges go (its counters stay: they only ever grow)."""
         for layer in reference_sizes:
-            with contextlib.suppress(KeyError):
-                self.reference_points.remove(model, layer)
+            self._forget(self.reference_points, model, layer)
         for layer in (COMBINED, *reference_sizes):
-            with contextlib.suppress(KeyError):
-                self.drift_statistic.remove(model, layer)
+            self._forget(self.drift_statistic, model, layer)
+
+    def _forget(self, gauge: Gauge, *labels: str) -> None:
+        """Remove a gauge's series; in multiprocess mode (no removal there) set it to 0."""
+        if self.multiprocess:
+            gauge.labels(*labels).set(0)
+            return
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
 
     def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
         """One finished HTTP request."""

@@ -8,14 +8,16 @@ naming the file and the reason; requests to it get 503 with that reason) and the
 Readiness: ``/readyz`` is 200 once the first load of the repository is done and at least one model
 serves; the models that could not be loaded are listed in its body (and in ``GET /v1/models``),
 so one bad folder on a shared volume does not take every replica out of its load balancer. It is
-503 while loading, when no model serves, and from the moment a shutdown starts.
+503 while loading, when no model serves, and from the moment a shutdown starts. With worker
+processes (``peers``) it is also 503 until every worker has loaded the repository.
 
 Reload (``sync``: on SIGHUP, ``POST /v1/admin/reload``, every ``repository_poll_s``; ``load`` and
 ``unload`` for one model): a model whose manifest changed (its sha256; the manifest holds the
 sha256 of every other file) is loaded and warmed up beside the serving version, then swapped in
 one step on the event loop: requests resolved before the swap finish on the old version, later
 ones get the new one, and the old batcher stops once its queue is empty. A version that fails to
-load never serves; the previous one, if any, keeps serving and the failure is reported.
+load never serves; the previous one, if any, keeps serving and the failure is reported. With
+worker processes, ``POST /v1/admin/reload`` on one worker reaches all (``reload_peers``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from service.http.security import ApiKeys
 from service.runtime.batcher import DynamicBatcher
 from service.runtime.runner import evaluate_call, score_call
 from service.settings import Settings
+from service.workers import Peers
 from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
 from snnl.model.runtime import resolve_device
@@ -206,9 +209,12 @@ class ModelEntry:
 class ServiceState:
     """The models of one repository, their batchers, API keys, and whether the service is ready."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, peers: Peers | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.peers = peers
         try:
             self.keys = ApiKeys(settings.api_key_bytes(), settings.api_keys_file)
         except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -262,6 +268,17 @@ class ServiceState:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in self.entries.values())
             raise Unavailable(f"not ready: no model serves ({reasons})", retry_after=30)
 
+    def raise_if_peers_not_ready(self) -> None:
+        """503 until every worker process has loaded the repository (one process: never)."""
+        reason = None if self.peers is None else self.peers.not_ready()
+        if reason is not None:
+            raise Unavailable(reason)
+
+    def reload_peers(self) -> None:
+        """Have the other worker processes reload too (one process: nothing to do)."""
+        if self.peers is not None:
+            self.peers.reload_all()
+
     def unavailable(self) -> list[ModelStatus]:
         """The models of the repository that do not serve, with why."""
         return [e.status() for _, e in sorted(self.entries.items()) if e.served is None]
@@ -284,6 +301,8 @@ class ServiceState:
         """Turn readiness to 503 (requests are still served until the socket closes)."""
         if not self.shutting_down:
             self.shutting_down = True
+            if self.peers is not None:
+                self.peers.mark_not_ready()
             logger.info("shutting down: readiness now 503")
 
     async def raise_if_unavailable(self) -> None:
@@ -299,6 +318,8 @@ class ServiceState:
             for name in list(self.entries):
                 await self._load_entry(name)
             self.started = True
+            if self.peers is not None and not self.shutting_down:
+                self.peers.mark_ready()
         logger.info("ready", extra={"fields": {"models": list(self.models)}})
 
     async def sync(self) -> list[ModelStatus]:

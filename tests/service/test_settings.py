@@ -80,7 +80,9 @@ def test_keyword_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPa
         ({"api_keys": "0123456789abcdef\u00e9"}, "non-ASCII"),
         ({"log_level": "chatty"}, "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
         ({"model_repository": "does-not-exist"}, "'does-not-exist' is not a directory"),
-        ({"workers": 4}, "Extra inputs are not permitted"),
+        ({"threads": 4}, "Extra inputs are not permitted"),
+        ({"workers": 0}, "greater than or equal to 1"),
+        ({"workers": 2, "shards": 2}, "workers > 1 with shards"),
         ({"compute_dtype": "int8"}, "'float32', 'bfloat16' or 'float16'"),
     ],
 )
