@@ -172,7 +172,7 @@ def draw_calibration(
 
 def false_alarms(
     scores: dict[str, Scores], n_cal: int, layers: tuple[str, ...], plan: Plan
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Alarms of each monitor over ``plan.draws`` x ``plan.samples`` ID samples."""
     rng = np.random.default_rng(10)
     names = ["model", *[f"layer {layer}" for layer in layers], "model, uncorrected"]
@@ -410,7 +410,9 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.drift", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where drift.{md,json,png} go")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "drift-quick" if args.quick else "drift"
     plot(scores, n_cal, args.out / f"{stem}.png")
-    result = {
+    result: dict[str, object] = {
         "command": "python -m bench.drift" + (" --quick" if args.quick else ""),
         "machine": f"{platform.machine()} CPU, 1 torch thread",
         "plan": plan.__dict__,

@@ -79,7 +79,7 @@ for device in ("cpu", "cuda"):
 EOF
 
 if command -v wrk >/dev/null; then
-  SNNL_DEVICE=cuda "$py" bench/load.py --configs batching --duration 5 --out "$out/load-cuda.md"
+  SNNL_DEVICE=cuda "$py" -m bench.load --configs batching --duration 5 --out "$out/load-cuda.md"
 else
   echo "wrk missing (apt-get install wrk): service benchmark skipped" | tee "$out/load-cuda.md"
 fi

@@ -1,6 +1,6 @@
 """CPU time the service spends per 1-sample JSON score request, without HTTP or a load generator.
 
-    .venv/bin/python bench/hot_path.py [--concurrency 64] [--requests 3000] [--rounds 4]
+    .venv/bin/python -m bench.hot_path [--concurrency 64] [--requests 3000] [--rounds 4]
         [--baseline /path/to/other/checkout]
 
 Drives the app's ASGI callable in this process (lifespan, middleware, routing, parsing,
@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from load import code_under_test  # bench/load.py, next to this script
 from sklearn.datasets import load_digits
 
 from service.app import create_app
 from service.settings import Settings
 
 PATH = "/v1/models/digits-mlp/score"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def request(app: Any, body: bytes, *, path: str = PATH, method: str = "POST") -> int:
@@ -90,7 +90,9 @@ async def measure(concurrency: int, total: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hot_path", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=4)
@@ -100,13 +102,15 @@ def main() -> None:
     if args.once:
         print(json.dumps(asyncio.run(measure(args.concurrency, args.requests))))
         return
+    # Imported here: the --once process above runs this file by path against either checkout.
+    from bench.load import code_under_test
+
     checkouts = code_under_test(args.baseline)
-    runs: dict[str, list[dict[str, float]]] = {code: [] for code, _ in checkouts}
+    runs: dict[str, list[dict[str, float]]] = {code: [] for code, _, _ in checkouts}
     for _ in range(args.rounds):
-        for code, path in checkouts:
-            env = dict(os.environ)
-            if path is not None:
-                env["PYTHONPATH"] = str(path)
+        for code, path, _ in checkouts:
+            # this file by path: sys.path[0] is bench/, so snnl and service come from PYTHONPATH
+            env = {**os.environ, "PYTHONPATH": str(path if path is not None else ROOT)}
             out = subprocess.run(
                 [sys.executable, __file__, "--once", "--concurrency", str(args.concurrency),
                  "--requests", str(args.requests)],

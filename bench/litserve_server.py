@@ -1,6 +1,6 @@
 """The same model served by LitServe, for ``bench/load.py``'s side-by-side rows.
 
-    .venv/bin/python bench/litserve_server.py --repository models --model digits-mlp
+    .venv/bin/python -m bench.litserve_server --repository models --model digits-mlp
         --port 8001 [--max-batch-size 128] [--max-batch-wait-ms 2]
 
 ``POST /predict`` takes snnl's JSON score request (``{"inputs": [[...], ...]}``) and answers
@@ -19,7 +19,7 @@ import litserve as ls
 import numpy as np
 
 
-class SnnlAPI(ls.LitAPI):  # type: ignore[misc]
+class SnnlAPI(ls.LitAPI):
     """Decode each request's samples, score a batch of requests in one call, split the records."""
 
     def __init__(self, repository: Path, model: str, **kwargs: Any) -> None:
@@ -54,7 +54,9 @@ class SnnlAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.litserve_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--repository", type=Path, default=Path("models"))
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--port", type=int, default=8001)

@@ -1,6 +1,6 @@
 """Load test of ``snnl serve`` with ``wrk``: throughput and latency against in-process scoring.
 
-    .venv/bin/python bench/load.py [--repository models] [--model digits-mlp] [--duration 10]
+    .venv/bin/python -m bench.load [--repository models] [--model digits-mlp] [--duration 10]
         [--configs batching,no-wait,off] [--workers 1,2] [--litserve]
         [--baseline /path/to/other/checkout] [--vary SETTING=V1,V2] [--out bench/results/load.md]
 
@@ -301,7 +301,9 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--repository", type=Path, default=Path("models"))
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -356,7 +358,7 @@ def main() -> None:
                         )
                         lines.append(row)
                         print(row, flush=True)
-                for (code, _), (process, _) in zip(checkouts, servers, strict=True):
+                for (code, _, _), (process, _) in zip(checkouts, servers, strict=True):
                     for pid, role, m in memory(process.pid):
                         memory_rows.append(
                             f"| {code} | {name} | {role} {pid} | {m['RSS']:.0f} | "

@@ -10,7 +10,7 @@ known class" (official train images of that class, never trained on by that fold
 Settings compared: the SNNL factor (0 = plain cross-entropy, +1 = cosine SNNL on every hidden
 layer) and the served layers (fc1; conv2 + fc1; conv1 + conv2 + fc1).
 
-    PYTHONPATH=. .venv/bin/python bench/mnist_selection.py --json bench/results/mnist_selection.json
+    .venv/bin/python -m bench.mnist_selection --json bench/results/mnist_selection.json
 
 One torch thread; about 15 minutes on the shared 2-core machine.
 """
@@ -92,7 +92,9 @@ def fold(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.mnist_selection", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--folds", type=int, default=2, help="held-out known classes to try")
     parser.add_argument(

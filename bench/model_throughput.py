@@ -1,6 +1,6 @@
 """Load time and in-process scoring throughput of a model of the repository.
 
-    .venv/bin/python bench/model_throughput.py [--repository models] [--model digits-mlp]
+    .venv/bin/python -m bench.model_throughput [--repository models] [--model digits-mlp]
         [--batch-sizes 1,64,256] [--seconds 3] [--threads 1] [--device auto]
 
 Load time: Detector.load (checksums, reference to the device, ONNX session) after a first,
@@ -23,7 +23,9 @@ from snnl.training.data import load_dataset
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.model_throughput", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--repository", default="models")
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--batch-sizes", default="1,64,256")

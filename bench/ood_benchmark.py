@@ -15,8 +15,8 @@ layers: the recipe chosen on in-distribution data only, docs/experiments/mnist.m
 Writes ``OUT/ood_benchmark.md`` (mean ± std over splits; the goals checked) and
 ``OUT/ood_benchmark.json`` (every split's metrics). Runs on the CPU with one torch thread.
 
-    PYTHONPATH=. .venv/bin/python bench/ood_benchmark.py            # the full protocol
-    PYTHONPATH=. .venv/bin/python bench/ood_benchmark.py --quick    # 2 splits, 1 epoch, subsets
+    .venv/bin/python -m bench.ood_benchmark            # the full protocol
+    .venv/bin/python -m bench.ood_benchmark --quick    # 2 splits, 1 epoch, subsets
 """
 
 from __future__ import annotations
@@ -238,7 +238,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ood_benchmark", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="2 splits, 1 epoch, small sets")
     parser.add_argument("--splits", type=int, default=None, help=f"default {SPLITS} (quick: 2)")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS} (quick: 1)")
@@ -260,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
-        "command": "PYTHONPATH=. .venv/bin/python bench/ood_benchmark.py"
-        + (" --quick" if args.quick else ""),
+        "command": ".venv/bin/python -m bench.ood_benchmark" + (" --quick" if args.quick else ""),
         "config": config,
         "splits": [],
     }

@@ -19,7 +19,7 @@ in-distribution data only. The flag's false-positive rate on ID data is measured
 split and as the mean over 1000 random calibration/test re-splits of the pooled
 calibration + test scores.
 
-    .venv/bin/python bench/ood_study.py --work runs/ood_study --json bench/results/ood_study.json
+    .venv/bin/python -m bench.ood_study --work runs/ood_study --json bench/results/ood_study.json
 
 Prints markdown tables. One torch thread; about 3-4 minutes for one seed on the 2-core dev
 machine (training dominates; runs already in --work are reused, exports are redone).
@@ -224,7 +224,9 @@ def ablation_table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ood_study", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/ood_study"))
     parser.add_argument("--datasets", default="digits,mnist1d")
     parser.add_argument("--factors", default=",".join(f"{f:g}" for f in FACTORS))

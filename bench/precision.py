@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,10 @@ import torch
 from sklearn.datasets import load_digits
 
 from snnl.build.from_embeddings import index_embeddings
-from snnl.model.detector import Detector, ScoreResult
+from snnl.model.detector import ComputeDtype, Detector, ScoreResult
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-DTYPES = ("bfloat16", "float16")
+DTYPES: tuple[ComputeDtype, ...] = ("bfloat16", "float16")
 
 
 def _score(det: Detector, x: np.ndarray, embedding: bool) -> tuple[ScoreResult, float]:
@@ -42,7 +43,9 @@ def _score(det: Detector, x: np.ndarray, embedding: bool) -> tuple[ScoreResult, 
     return ScoreResult.concatenate(parts), seconds
 
 
-def compare(name: str, load, x: np.ndarray, embedding: bool) -> list[str]:
+def compare(
+    name: str, load: Callable[[ComputeDtype], Detector], x: np.ndarray, embedding: bool
+) -> list[str]:
     base, base_s = _score(load("float32"), x, embedding)
     rows = []
     for dtype in DTYPES:
@@ -61,7 +64,9 @@ def compare(name: str, load, x: np.ndarray, embedding: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.precision", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

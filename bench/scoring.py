@@ -40,11 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from snnl.core.distances import Distance
 from snnl.scoring.scorer import SoftNeighborScorer
 
 CLASSES = 10
 K = 50
-SCORE_T, MASS_TERMS = 0.1, (("cosine", 0.05), ("euclidean", 30.0))
+SCORE_T = 0.1
+MASS_TERMS: tuple[tuple[Distance, float], ...] = (("cosine", 0.05), ("euclidean", 30.0))
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,9 @@ def plot(cases: list[Case], rows: list[dict[str, float | None]], path: Path) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scoring", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="a small grid (seconds), no goals")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))

@@ -1,7 +1,7 @@
 """Sharded scoring on Ray against the local scorer: the cost of the actor calls and the merge,
 and whether service replicas should share one set of shard actors.
 
-    .venv/bin/python bench/sharding.py [--rows 100000,1000000] [--dim 128] [--classes 10]
+    .venv/bin/python -m bench.sharding [--rows 100000,1000000] [--dim 128] [--classes 10]
         [--batch 64] [--repeats 5] [--shards 1,2,3] [--replicas 2]
 
 The model is an embedding-only model of ``--rows`` synthetic reference rows (``--dim`` floats,
@@ -38,6 +38,7 @@ from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.reference import ReferenceSet
 from snnl.model.store import load_manifest, write_model
 from snnl.sharding import load_sharded_detector
+from snnl.sharding.scorer import ShardedScorer
 
 LAYER = "embedding"
 
@@ -98,7 +99,8 @@ def actor_rss(det: Detector) -> float:
     import ray
 
     scorer = det._scorer  # the bench looks inside: which processes hold the rows
-    pids = ray.get([actor.describe.remote() for actor in scorer.actors])  # type: ignore[union-attr]
+    assert isinstance(scorer, ShardedScorer), type(scorer)
+    pids = ray.get([actor.describe.remote() for actor in scorer.actors])
     return sum(_rss_mb(p["pid"]) for p in pids)
 
 
@@ -117,6 +119,7 @@ def overhead(repo: Path, name: str, args: argparse.Namespace) -> None:
         load = time.perf_counter() - start
         got = det.score_embeddings(batch, neighbors=10)
         worst = np.max(np.abs(got.soft_neighbor_score / expected.soft_neighbor_score - 1))
+        assert got.neighbor_ids is not None and expected.neighbor_ids is not None
         assert np.array_equal(got.neighbor_ids, expected.neighbor_ids), "neighbor ids differ"
         assert np.array_equal(got.same_class_neighbors, expected.same_class_neighbors)
         dets.append(det)
@@ -172,7 +175,9 @@ def replicas(repo: Path, name: str, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sharding", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rows", default="100000,1000000")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)

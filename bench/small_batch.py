@@ -1,6 +1,6 @@
 """Small batches against the memory floor, this checkout against a baseline checkout.
 
-    .venv/bin/python bench/small_batch.py [--baseline /tmp/kbase] [--rounds 5] [--threads 1]
+    .venv/bin/python -m bench.small_batch [--baseline /tmp/kbase] [--rounds 5] [--threads 1]
 
 The goals' case of ``bench.scoring`` (N = 50k reference rows, d = 128, one layer, the cosine
 score with two mass terms, embedding-only, k = 50) at B = 1, 16 and 256. Each round starts one
@@ -14,12 +14,14 @@ shared machine. Writes ``small_batch.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BATCHES = (1, 16, 256)
@@ -45,10 +47,10 @@ def worker(calls: int, threads: int) -> None:
         mass_terms=[("l0", g, t) for g, t in MASS_TERMS],
     )
     reference = torch.from_numpy(refs[0])
-    jobs = {"floor": lambda: reference.sum()}
+    jobs: dict[str, Callable[[], object]] = {"floor": reference.sum}
     for b in BATCHES:
         q = {"l0": torch.from_numpy(queries[0][:b])}
-        jobs[f"B={b}"] = lambda q=q: scorer.score(q, None, k=50)
+        jobs[f"B={b}"] = functools.partial(scorer.score, q, None, k=50)
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for job in jobs.values():
         job()  # warm-up
@@ -72,7 +74,9 @@ def run(checkout: Path, calls: int, threads: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.small_batch", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout (git worktree add)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10, help="timed calls per process")
@@ -112,7 +116,7 @@ def main() -> None:
     head = [
         "# Small batches against the memory floor",
         "",
-        f"`.venv/bin/python bench/small_batch.py{baseline}"
+        f"`.venv/bin/python -m bench.small_batch{baseline}"
         f" --rounds {args.rounds} --calls {args.calls} --threads {args.threads}`: N = 50,000, "
         f"d = 128, one layer, float32; medians of {args.rounds * args.calls} calls per figure.",
         "",

@@ -1,6 +1,6 @@
 """Soak test of ``snnl serve``: minutes at ~80% of the measured capacity, every answer checked.
 
-    .venv/bin/python bench/soak.py [--repository models] [--model digits-mlp] [--minutes 3]
+    .venv/bin/python -m bench.soak [--repository models] [--model digits-mlp] [--minutes 3]
 
 Starts ``snnl serve`` on a free port (bench/load.py's ``start``), then:
 
@@ -35,9 +35,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from load import start
 from sklearn.datasets import load_digits
 
+from bench.load import start
 from snnl.model.detector import Detector
 
 ALPHAS = (None, 0.01, 0.2)
@@ -167,7 +167,9 @@ def growth_per_100k(samples: list[tuple[int, float, int]], column: int) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--repository", type=Path, default=Path("models"))
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--minutes", type=float, default=3.0)

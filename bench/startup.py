@@ -1,6 +1,6 @@
 """Start-up time and resident memory of ``snnl serve``: the default model and large references.
 
-    .venv/bin/python bench/startup.py [--rows 1000000] [--dim 128] [--repeats 3]
+    .venv/bin/python -m bench.startup [--rows 1000000] [--dim 128] [--repeats 3]
         [--baseline /path/to/other/checkout] [--out bench/results/startup.md]
 
 For each served repository it starts ``snnl serve`` on a free port and records the time from
@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from load import code_under_test, free_port, machine  # bench/load.py, next to this script
 
+from bench.load import code_under_test, free_port, machine
 from snnl.build.from_embeddings import index_embeddings
 from snnl.model.manifest import CALIBRATION_FILE, REFERENCE_FILE
 from snnl.model.reference import ReferenceSet
@@ -121,7 +121,9 @@ def start_once(repository: Path, pythonpath: Path | None) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.startup", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -144,7 +146,7 @@ def main() -> None:
             served.append((f"synthetic {rows:,}", f"{rows:,} x {args.dim}", repository))
         medians: dict[tuple[str, str], dict[str, float]] = {}
         for name, shape, repository in served:
-            for code, path in checkouts:
+            for code, path, _ in checkouts:
                 runs = [start_once(repository, path) for _ in range(args.repeats)]
                 m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                 medians[code, name] = m
@@ -158,7 +160,7 @@ def main() -> None:
     millions = (args.rows - SMALL) / 1e6
     floor = (args.dim * 4 + 8) / 1.048576  # MiB per million rows
     lines.append("")
-    for code, _ in checkouts:
+    for code, _, _ in checkouts:
         small = medians[code, f"synthetic {SMALL:,}"]
         large = medians[code, f"synthetic {args.rows:,}"]
         lines.append(

@@ -4,7 +4,7 @@ Reports test accuracy and the final per-layer entanglement (SNNL at the optimal 
 the 300-point training subsample that ``snnl train`` logs) as mean ± std over seeds, as a
 markdown table, and optionally the raw numbers as JSON.
 
-    .venv/bin/python bench/train_factors.py --json bench/results/train_factors.json
+    .venv/bin/python -m bench.train_factors --json bench/results/train_factors.json
 
 Runs in-process with one torch thread (about 5-7 minutes on this shared 2-core machine).
 """
@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -29,7 +30,21 @@ SETUPS: dict[str, dict[str, object]] = {
 FACTORS = (0.0, -10.0, 1.0)
 
 
-def run_one(dataset: str, factor: float, seed: int) -> dict[str, object]:
+class Result(TypedDict):
+    """One training run's final epoch, as written to ``--json``."""
+
+    dataset: str
+    arch: str
+    factor: float
+    seed: int
+    test_accuracy: float
+    train_accuracy: float
+    entanglement: dict[str, float]
+    temperature: dict[str, float]
+    seconds: float
+
+
+def run_one(dataset: str, factor: float, seed: int) -> Result:
     """Train one setting with the CLI's defaults otherwise; the final epoch's numbers."""
     settings = TrainSettings(dataset=dataset, factor=factor, seed=seed, **SETUPS[dataset])
     start = time.perf_counter()
@@ -52,12 +67,12 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
-def table(results: list[dict[str, object]]) -> str:
+def table(results: list[Result]) -> str:
     """One markdown table per dataset: rows = factors, columns = accuracy and layers."""
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
-        layers = list(rows[0]["entanglement"])  # type: ignore[arg-type]
+        layers = list(rows[0]["entanglement"])
         lines.append(f"**{dataset}** ({rows[0]['arch']}, {len({r['seed'] for r in rows})} seeds)\n")
         lines.append(
             "| factor | test accuracy | " + " | ".join(f"entanglement {n}" for n in layers) + " |"
@@ -65,21 +80,23 @@ def table(results: list[dict[str, object]]) -> str:
         lines.append("|---" * (2 + len(layers)) + "|")
         for factor in dict.fromkeys(r["factor"] for r in rows):
             group = [r for r in rows if r["factor"] == factor]
-            cells = [mean_std([r["test_accuracy"] for r in group])]  # type: ignore[misc]
-            cells += [mean_std([r["entanglement"][n] for r in group]) for n in layers]  # type: ignore[index]
+            cells = [mean_std([r["test_accuracy"] for r in group])]
+            cells += [mean_std([r["entanglement"][n] for r in group]) for n in layers]
             lines.append(f"| {factor:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train_factors", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = []
+    results: list[Result] = []
     for dataset in args.datasets:
         for factor in FACTORS:
             for seed in args.seeds:
