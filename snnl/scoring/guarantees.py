@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, get_args
 
 import numpy as np
@@ -82,6 +83,7 @@ def marginal_slots(n: int, alpha: float) -> int:
     return max(math.ceil(alpha * (n + 1)) - 1, 0)
 
 
+@lru_cache(maxsize=256)  # a served model asks for the same few (n, alpha, delta) every batch
 def pac_slots(n: int, alpha: float, delta: float) -> int:
     """The largest m in [0, n] with P(Beta(m, n + 1 - m) > alpha) <= delta (0 when even m = 1,
     whose tail is (1 - alpha)^n, fails). The tail grows with m, so a bisection finds it."""
@@ -197,39 +199,44 @@ class ConformalCalibration:
         """The served p-values and flags of a batch: nonconformities ``a`` (B,) and predicted
         classes (B,). The rule must have passed ``check``."""
         a = np.asarray(a, dtype=np.float64)
-        marginal = self.p_values(a)
+        n = self.size
+        r = rank_counts(self.nonconformity, a)
+        marginal = r / (n + 1.0)
         if rule.guarantee == "class":
             p_value = np.empty_like(marginal)
             outlier = np.empty(a.shape, dtype=bool)
             for c in np.unique(prediction):
                 rows = prediction == c
                 sorted_c = self.by_class[int(c)]
-                r = rank_counts(sorted_c, a[rows])
-                p_value[rows] = r / (sorted_c.shape[0] + 1.0)
-                outlier[rows] = r <= marginal_slots(sorted_c.shape[0], rule.alpha)
+                r_c = rank_counts(sorted_c, a[rows])
+                p_value[rows] = r_c / (sorted_c.shape[0] + 1.0)
+                outlier[rows] = r_c <= marginal_slots(sorted_c.shape[0], rule.alpha)
         else:
-            n = self.size
             slots = (
                 pac_slots(n, rule.alpha, rule.pac_delta)
                 if rule.guarantee == "pac"
                 else marginal_slots(n, rule.alpha)
             )
             p_value = marginal
-            outlier = rank_counts(self.nonconformity, a) <= slots
+            outlier = r <= slots
         outlier_fdr = None
         if rule.fdr is not None:
             outlier_fdr = benjamini_hochberg(marginal, rule.fdr)
-        return FlagDecision(p_value=p_value, outlier=outlier, outlier_fdr=outlier_fdr)
+        return FlagDecision(
+            p_value=p_value, outlier=outlier, outlier_fdr=outlier_fdr, marginal_p_value=marginal
+        )
 
 
 @dataclass(frozen=True)
 class FlagDecision:
-    """p_value (B,) float64 (Mondrian for ``class``, else marginal), outlier (B,) bool, and
-    outlier_fdr (B,) bool when a batch FDR level was asked for."""
+    """p_value (B,) float64 (Mondrian for ``class``, else marginal), outlier (B,) bool,
+    outlier_fdr (B,) bool when a batch FDR level was asked for, and the marginal p-values (B,)
+    float64 (the same array as p_value unless ``class``)."""
 
     p_value: np.ndarray
     outlier: np.ndarray
     outlier_fdr: np.ndarray | None
+    marginal_p_value: np.ndarray
 
 
 def benjamini_hochberg(p_value: np.ndarray, q: float) -> np.ndarray:
