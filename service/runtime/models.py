@@ -35,7 +35,7 @@ from service.http.errors import Unavailable, UnknownModel
 from service.http.metrics import ServiceMetrics
 from service.http.security import ApiKeys
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.runner import evaluate_call, score_call
+from service.runtime.runner import DEFAULT_FLAG, evaluate_call, score_call
 from service.settings import Settings
 from snnl.errors import InputError, RepositoryError
 from snnl.model.detector import Detector
@@ -129,8 +129,8 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     score = score_call(detector)
     one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
-        score(batch, None, 0)
-        score(one, None, 0)
+        score(batch, DEFAULT_FLAG, 0)
+        score(one, DEFAULT_FLAG, 0)
 
 
 def _layer_dims(detector: Detector) -> dict[str, int]:
@@ -157,12 +157,16 @@ def _describe(detector: Detector) -> tuple[ModelInfo, CalibrationSummary]:
         ],
         reference_size=max(detector.reference_sizes.values()),
         alpha=manifest.alpha,
+        guarantee=manifest.guarantee,
+        delta=manifest.delta,
         device=detector.device,
         backend=detector.backend,
     )
     if detector.calibration is None:
         raise RepositoryError(f"model {detector.name!r}: no calibration to serve p-values from")
-    calibration = CalibrationSummary.model_validate(detector.calibration.summary(manifest.alpha))
+    calibration = CalibrationSummary.model_validate(
+        detector.calibration.summary(detector.flag_rule(), len(manifest.class_names))
+    )
     return info, calibration
 
 

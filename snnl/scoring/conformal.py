@@ -28,7 +28,13 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from snnl.errors import RepositoryError
-from snnl.scoring.guarantees import ConformalCalibration, FlagDecision, FlagRule, marginal_slots
+from snnl.scoring.guarantees import (
+    ConformalCalibration,
+    FlagDecision,
+    FlagRule,
+    marginal_slots,
+    pac_slots,
+)
 from snnl.scoring.nonconformity import neg_log_score
 
 
@@ -126,13 +132,20 @@ class Calibration:
             return []
         return np.bincount(self.predicted, minlength=classes)[:classes].tolist()
 
-    def summary(self, alpha: float) -> dict[str, object]:
-        """JSON-ready description: n, nonconformity quantiles (5, 50, 95%), per-layer score
-        quantiles, and ``flag_threshold``: a is flagged by the marginal rule at ``alpha`` iff
-        a > flag_threshold (None when the flag does not depend on a: never or always set)."""
+    def summary(self, rule: FlagRule, classes: int) -> dict[str, object]:
+        """JSON-ready description: n, the rule, calibration points per predicted class,
+        nonconformity quantiles (5, 50, 95%), per-layer score quantiles, and ``flag_threshold``:
+        a is flagged under ``rule`` iff a > flag_threshold (None when the flag does not depend
+        on a alone: never or always set, or guarantee "class")."""
         n = self.size
-        # p < alpha  <=>  #{a_i >= a} <= m - 1, m = ceil(alpha (n+1)) - 1  <=>  a > m-th largest.
-        m = marginal_slots(n, alpha)
+        # flag  <=>  r = 1 + #{a_i >= a} <= m  <=>  a > the m-th largest a_i.
+        m = (
+            pac_slots(n, rule.alpha, rule.pac_delta)
+            if rule.guarantee == "pac"
+            else marginal_slots(n, rule.alpha)
+        )
+        if rule.guarantee == "class":
+            m = 0
         threshold = float(self.nonconformity[n - m]) if 1 <= m <= n else None
 
         def quantiles(values: np.ndarray) -> dict[str, float]:
@@ -141,7 +154,10 @@ class Calibration:
 
         return {
             "size": n,
-            "alpha": alpha,
+            "alpha": rule.alpha,
+            "guarantee": rule.guarantee,
+            "delta": rule.pac_delta if rule.guarantee == "pac" else None,
+            "class_sizes": self.class_sizes(classes),
             "nonconformity": quantiles(self.nonconformity),
             "flag_threshold": threshold,
             "layers": {name: quantiles(self.scores[name]) for name in self.layers},
