@@ -1,7 +1,8 @@
 """``snnl evaluate``: OOD detection of a served model against MSP, energy, Mahalanobis and KNN.
 
 The ID file needs x and y (labels in the model's 0..C-1 space); OOD files need x. Prints the
-tables and writes report.json, report.md, roc_<stem>.png and hist_<stem>.png to --report.
+tables and writes report.json, report.md, roc_<stem>.png, hist_<stem>.png and
+fpr_resplits.png (the flag's rate over calibration/test re-splits of the ID scores) to --report.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the tables, write the report."""
-    from snnl.evaluation.benchmark import evaluate
+    from snnl.evaluation.benchmark import SOFT_NEIGHBOR, evaluate
+    from snnl.evaluation.resplits import plot_resplits
     from snnl.evaluation.report import markdown, write_report
     from snnl.training.data import read_npz
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar(total, desc="evaluate", unit="sample") as bar:
         evaluation = evaluate(det, id_x, id_y, ood_sets, on_scored=bar.update)
     written = write_report(evaluation, args.report)
+    written.append(plot_resplits(-evaluation.id_scores[SOFT_NEIGHBOR], args.report))
     print(markdown(evaluation))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stdout)
     return 0

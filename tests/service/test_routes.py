@@ -15,8 +15,8 @@ from sklearn.datasets import load_digits
 
 from service.api.routing import json_response
 from service.api.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
-from snnl.evaluation.embeddings import evaluate_detector
 from snnl.errors import InputError
+from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 
 NPY_TYPE = "application/x-npy"
