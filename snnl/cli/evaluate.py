@@ -40,8 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the tables, write the report."""
     from snnl.evaluation.benchmark import SOFT_NEIGHBOR, evaluate
-    from snnl.evaluation.resplits import plot_resplits
     from snnl.evaluation.report import markdown, write_report
+    from snnl.evaluation.resplits import plot_resplits
     from snnl.training.data import read_npz
 
     id_x, id_y = read_npz(args.id_file)

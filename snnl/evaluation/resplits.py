@@ -35,7 +35,7 @@ def resplit_fpr(
     """Flag rates (repeats, len(alphas)) on the test part of random re-splits of the ID
     nonconformities (N,); alphas below 1/(n_cal + 1) get NaN (the flag cannot fire)."""
     a = np.asarray(nonconformity, dtype=np.float64)
-    n_cal = int(round(calibration_share * a.shape[0]))
+    n_cal = round(calibration_share * a.shape[0])
     rng = np.random.default_rng(seed)
     rates = np.full((repeats, len(alphas)), np.nan)
     for r in range(repeats):
