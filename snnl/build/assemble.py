@@ -95,12 +95,21 @@ def calibration_scores(
     """log s_l (n, L), a(x) (n,) and the predicted classes (n,) of ``inputs`` scored like
     queries (no calibration needed), in batches."""
     log_score, a, predicted = [], [], []
-    for rows in row_chunks(inputs, DEFAULT_BATCH_SIZE):
+    reference_rows = max(detector.reference_sizes.values())
+    for rows in row_chunks(inputs, calibration_batch_size(reference_rows)):
         scores = detector.uncalibrated_scores(rows)
         log_score.append(scores.log_score)
         a.append(detector.manifest.nonconformity.apply(scores))
         predicted.append(scores.predicted)
     return np.concatenate(log_score), np.concatenate(a), np.concatenate(predicted)
+
+
+def calibration_batch_size(reference_rows: int) -> int:
+    """Calibration rows per scoring call: DEFAULT_BATCH_SIZE, fewer against a large reference
+    set (at most 2^26 query x reference pairs, at least 64 rows), since the scorer's pass over
+    the neighbor-mass terms of every class holds B x N values at once: this bounds the build's
+    memory in N."""
+    return max(64, min(DEFAULT_BATCH_SIZE, (1 << 26) // max(reference_rows, 1)))
 
 
 def class_floor(alpha: float) -> int:
