@@ -112,12 +112,21 @@ def test_summary_threshold_agrees_with_the_p_value() -> None:
     rng = np.random.default_rng(3)
     calibration = Calibration.fit(["x"], np.log(rng.uniform(size=(99, 1))))
     for alpha in (0.02, 0.05, 0.1, 0.5):
-        summary = calibration.summary(alpha)
+        summary = calibration.summary(FlagRule("marginal", alpha), classes=1)
         threshold = summary["flag_threshold"]
         assert isinstance(threshold, float)
         above, at = np.nextafter(threshold, np.inf), threshold
         assert flag(calibration, np.array([above]), alpha)[0]
         assert not flag(calibration, np.array([at]), alpha)[0]
-    assert calibration.summary(0.005)["flag_threshold"] is None  # p >= 1/(n+1) > alpha always
-    summary = calibration.summary(0.05)
+    assert (
+        calibration.summary(FlagRule("marginal", 0.005), 1)["flag_threshold"] is None
+    )  # p >= 1/(n+1) > alpha always
+    summary = calibration.summary(FlagRule("marginal", 0.05), 1)
+    assert summary["guarantee"] == "marginal" and summary["class_sizes"] == []
+    # pac: the threshold sits at its (fewer) flag slots.
+    pac = calibration.summary(FlagRule("pac", 0.1, 0.2), 1)["flag_threshold"]
+    assert (
+        isinstance(pac, float)
+        and pac > calibration.summary(FlagRule("marginal", 0.1), 1)["flag_threshold"]
+    )  # type: ignore[operator]
     assert summary["size"] == 99 and set(summary["layers"]) == {"x"}  # type: ignore[arg-type]
