@@ -7,11 +7,14 @@ Everything in between happens here, once, in this order:
 1. resolve the model version that serves now (404 unknown, 503 loading or unavailable);
 2. choose between samples and embeddings by what the model takes (the only place that does) and
    check them: shape, dtype, finiteness, layers (422);
-3. check ``neighbors`` against the reference size (422);
+3. check ``neighbors`` against the reference size and the flag's rule against the calibration
+   (422 naming the value and n_cal);
 4. submit the batch to the model's ``DynamicBatcher`` (413 / 503 when its queue cannot take it)
    and note the batch size for the request's log line;
 5. await the result, giving up when the client disconnects first (499; its samples leave the
-   queue, so no batch scores samples nobody waits for).
+   queue, so no batch scores samples nobody waits for);
+6. with ``fdr``: Benjamini-Hochberg over this request's p-values alone (its batch may have been
+   merged with other requests' rows: the rule is grouped on, the batch FDR is applied here).
 
 No ``await`` separates resolving the model from queueing the samples, so a reload that swaps the
 model cannot slip in between. The batch metrics are observed by the batch runner, the request
@@ -30,6 +33,7 @@ from starlette.requests import Request
 from service.http.disconnect import unless_disconnected
 from service.http.errors import InvalidInput
 from service.runtime.models import InputSpec, ServedModel, ServiceState
+from service.runtime.runner import FlagOptions
 from snnl.scoring.batch import CheckedBatch, num_rows
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.validation import check_embeddings, check_inputs, check_neighbors
@@ -135,16 +139,29 @@ class DataPlane:
         return self.state.served(name)
 
     async def score(
-        self, request: Request, name: str, given: Given, *, alpha: float | None, neighbors: int
+        self,
+        request: Request,
+        name: str,
+        given: Given,
+        *,
+        alpha: float | None,
+        neighbors: int,
+        guarantee: str | None = None,
+        delta: float | None = None,
+        fdr: float | None = None,
     ) -> Scored:
-        """Score ``given`` with model ``name`` at ``alpha`` (None: the manifest's), with the ids
-        of the ``neighbors`` nearest reference points per layer."""
+        """Score ``given`` with model ``name`` under the flag rule ``alpha``, ``guarantee``,
+        ``delta`` (each None: the manifest's) and the batch FDR level ``fdr``, with the ids of
+        the ``neighbors`` nearest reference points per layer."""
         served = self.state.served(name)
         samples = checked_samples(served.spec, given)
         k = check_neighbors(neighbors, served.info.reference_size)
+        rule = served.detector.flag_rule(alpha, guarantee, delta, fdr)
         request.state.batch_size = num_rows(samples)
-        submitted = served.batcher.submit(samples, alpha=alpha, neighbors=k)
-        return Scored(served, await unless_disconnected(request, submitted))
+        flag = FlagOptions(rule.alpha, rule.guarantee, rule.delta)
+        submitted = served.batcher.submit(samples, flag=flag, neighbors=k)
+        result = await unless_disconnected(request, submitted)
+        return Scored(served, result.with_fdr(rule.fdr))
 
     async def evaluate(
         self, request: Request, name: str, given: Given, labels: Sequence[int | str]

@@ -38,9 +38,7 @@ class LayerScore(TypedDict, total=False):
     neighbors: list[int] | None
 
 
-class SampleScore(TypedDict):
-    """One sample's prediction, scores and calibrated outlier flag."""
-
+class _SampleScore(TypedDict):
     prediction: int
     label: str
     confidence: float
@@ -48,6 +46,13 @@ class SampleScore(TypedDict):
     p_value: float
     outlier: bool
     layers: list[LayerScore]
+
+
+class SampleScore(_SampleScore, total=False):
+    """One sample's prediction, scores and calibrated outlier flag (``outlier_fdr``: only when
+    the request asked for a batch FDR level)."""
+
+    outlier_fdr: bool
 
 
 class ServiceError(SnnlError):
@@ -112,29 +117,33 @@ class Client:
         *,
         embeddings: Mapping[str, ArrayLike] | None = None,
         alpha: float | None = None,
+        guarantee: str | None = None,
+        delta: float | None = None,
+        fdr: float | None = None,
         neighbors: int = 0,
         encoding: Literal["npy", "json"] = "npy",
     ) -> list[SampleScore]:
         """Score ``inputs`` (B, *input_shape), or the ``embeddings`` {layer: (B, d)}.
 
         ``encoding="npy"`` sends an array (or one layer's embeddings) as one .npy body, else
-        JSON; ``alpha`` sets the flag level (default: the model's), ``neighbors`` k adds the ids
-        of the k nearest reference points per layer.
+        JSON; ``alpha``, ``guarantee`` and ``delta`` set the flag's rule (default: the model's),
+        ``fdr`` adds ``outlier_fdr`` (Benjamini-Hochberg over this request), ``neighbors`` k adds
+        the ids of the k nearest reference points per layer.
         """
+        rule = {"alpha": alpha, "guarantee": guarantee, "delta": delta, "fdr": fdr}
+        given = {key: value for key, value in rule.items() if value is not None}
         if (inputs is None) == (embeddings is None):
             raise ValueError("give exactly one of inputs and embeddings")
         path = f"/v1/models/{model}/score"
         single = inputs if inputs is not None else _only_layer(embeddings)
         if encoding == "npy" and single is not None:
-            params: dict[str, Any] = {"neighbors": neighbors}
-            if alpha is not None:
-                params["alpha"] = alpha
+            params: dict[str, Any] = {"neighbors": neighbors, **given}
             body = self._request(
                 "POST", path, content=_npy(single), params=params,
                 headers={"Content-Type": NPY_MEDIA_TYPE},
             )  # fmt: skip
         else:
-            payload: dict[str, Any] = {"alpha": alpha, "neighbors": neighbors}
+            payload: dict[str, Any] = {"alpha": alpha, "neighbors": neighbors, **given}
             if inputs is not None:
                 payload["inputs"] = np.asarray(inputs).tolist()
             else:

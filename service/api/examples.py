@@ -122,28 +122,28 @@ SCORE_RESPONSE: dict[str, Any] = {
         {
             "prediction": 0,
             "label": "0",
-            "confidence": 0.999884046047056,
-            "nonconformity": -5.122219364414037,
+            "confidence": 0.9998815761509522,
+            "nonconformity": -5.111157650401343,
             "p_value": 0.988929889298893,
             "outlier": False,
             "layers": [
                 {
                     "name": "fc1",
-                    "soft_neighbor_score": 0.9245119488385671,
+                    "soft_neighbor_score": 0.9244877186127687,
                     "same_class_neighbors": 50,
                     "p_value": 0.9630996309963099,
                 },
                 {
                     "name": "fc2",
-                    "soft_neighbor_score": 0.9071950482876583,
+                    "soft_neighbor_score": 0.906310712869711,
                     "same_class_neighbors": 50,
-                    "p_value": 0.9003690036900369,
+                    "p_value": 0.8856088560885609,
                 },
                 {
                     "name": "fc3",
-                    "soft_neighbor_score": 0.8859813150350954,
+                    "soft_neighbor_score": 0.8864719790486841,
                     "same_class_neighbors": 50,
-                    "p_value": 0.8191881918819188,
+                    "p_value": 0.8265682656826568,
                 },
             ],
         }
@@ -158,8 +158,8 @@ EVALUATE_RESPONSE: dict[str, Any] = {
         {
             "name": "fc1",
             "distance": "cosine",
-            "temperature": 0.12124649187103914,
-            "snnl": 0.0021506323677142557,
+            "temperature": 0.12131466614124399,
+            "snnl": 0.0021457282887484943,
             "optimal_temperature": 0.00010000000000000009,
             "entanglement": 0.0,
             "knn_accuracy": 1.0,
@@ -167,8 +167,8 @@ EVALUATE_RESPONSE: dict[str, Any] = {
         {
             "name": "fc2",
             "distance": "cosine",
-            "temperature": 0.15256213652308204,
-            "snnl": 0.003273562508220973,
+            "temperature": 0.15241941858082209,
+            "snnl": 0.0032899475981875924,
             "optimal_temperature": 0.00010000000000000009,
             "entanglement": 0.0,
             "knn_accuracy": 1.0,
@@ -176,8 +176,8 @@ EVALUATE_RESPONSE: dict[str, Any] = {
         {
             "name": "fc3",
             "distance": "cosine",
-            "temperature": 0.16462474991714834,
-            "snnl": 0.004630382555589785,
+            "temperature": 0.16453262756468212,
+            "snnl": 0.004532034149507624,
             "optimal_temperature": 0.00010000000000000009,
             "entanglement": 0.0,
             "knn_accuracy": 1.0,

@@ -24,6 +24,25 @@ class ScoreOptions(BaseModel):
     alpha: float | None = Field(
         None, gt=0, lt=1, description="Flag outliers at p_value < alpha (default: the manifest's)."
     )
+    guarantee: Literal["marginal", "class", "pac"] | None = Field(
+        None,
+        description="Guarantee of the flag (default: the manifest's): marginal (P(flag) <= alpha "
+        "on average), class (within each predicted class; p_value is then the class's), pac "
+        "(P(flag rate > alpha) <= delta over calibration draws).",
+    )
+    delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="delta of guarantee pac (default: the manifest's, else 0.1).",
+    )
+    fdr: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Also return outlier_fdr: Benjamini-Hochberg at this level over this "
+        "request's p-values.",
+    )
     neighbors: int = Field(
         0,
         ge=0,
@@ -96,6 +115,9 @@ class SampleScore(BaseModel):
     nonconformity: float
     p_value: float
     outlier: bool
+    outlier_fdr: bool | None = Field(
+        None, description="Benjamini-Hochberg rejection at the request's fdr (only with fdr)."
+    )
     layers: list[LayerScore]
 
 
@@ -147,6 +169,8 @@ class ModelInfo(BaseModel):
     layers: list[LayerInfo]
     reference_size: int
     alpha: float
+    guarantee: Literal["marginal", "class", "pac"] = "marginal"
+    delta: float | None = Field(None, description="delta of guarantee pac (None: 0.1).")
     device: str
     backend: str
 
@@ -182,12 +206,20 @@ class CalibrationSummary(BaseModel):
 
     size: int = Field(description="n_cal: calibration samples.")
     alpha: float = Field(description="Default alpha of the flag.")
+    guarantee: Literal["marginal", "class", "pac"] = Field(
+        description="Default guarantee of the flag."
+    )
+    delta: float | None = Field(description="Default delta of guarantee pac (None: not pac).")
+    class_sizes: list[int] = Field(
+        description="Calibration samples per predicted class (empty: not stored, no class "
+        "guarantee)."
+    )
     nonconformity: dict[str, float] = Field(
         description="Quantiles p05, p50, p95 of the calibration nonconformity."
     )
     flag_threshold: float | None = Field(
-        description="At the default alpha a sample is flagged iff its nonconformity exceeds this "
-        "(None when the flag does not depend on it)."
+        description="Under the default rule a sample is flagged iff its nonconformity exceeds "
+        "this (None when the flag does not depend on it, or depends on the predicted class)."
     )
     layers: dict[str, dict[str, float]] = Field(
         description="Per served layer: quantiles p05, p50, p95 of the calibration soft-neighbor "

@@ -111,7 +111,8 @@ async def score(model: str, request: Request) -> Response:
     """Score a batch: prediction, per-layer soft-neighbor scores, p-value and outlier flag.
 
     JSON: ``{"inputs": [...], "alpha": 0.05, "neighbors": 0}`` (``embeddings`` for embedding-only
-    models). ``application/x-npy``: the samples as one array, ``alpha``/``neighbors`` as query.
+    models; also ``guarantee``, ``delta``, ``fdr``). ``application/x-npy``: the samples as one
+    array, the options as query parameters.
     """
     dataplane = get_dataplane(request)
     dataplane.model(model)  # 404 / 503 before reading the body
@@ -122,13 +123,22 @@ async def score(model: str, request: Request) -> Response:
     if kind == NPY_MEDIA_TYPE:
         given = Given.array(parse_npy(body))
     else:
-        if query and ("alpha" in query or "neighbors" in query):
-            raise MalformedRequest("query alpha/neighbors: with a JSON body give them in the body")
+        if query and set(query) & set(ScoreOptions.model_fields):
+            raise MalformedRequest(
+                "query alpha/guarantee/delta/fdr/neighbors: with a JSON body give them in the body"
+            )
         parsed: ScoreRequest = parse_json_object(body, ScoreRequest)
         given = Given(inputs=parsed.inputs, embeddings=parsed.embeddings)
         options = parsed
     scored = await dataplane.score(
-        request, model, given, alpha=options.alpha, neighbors=options.neighbors
+        request,
+        model,
+        given,
+        alpha=options.alpha,
+        guarantee=options.guarantee,
+        delta=options.delta,
+        fdr=options.fdr,
+        neighbors=options.neighbors,
     )
     return json_response(
         {"model": model, "version": scored.model.version, "results": scored.result.to_records()}

@@ -3,8 +3,10 @@
 A model with an ONNX network takes one input tensor ``inputs`` (B, *input_shape) (or (B, prod));
 an embedding-only model one tensor per served layer, named as the layer, (B, d_l). Any numeric
 datatype is accepted and checked exactly as a /v1 body (float32, finite, the model's shape).
-Request ``parameters`` may carry ``alpha`` and ``neighbors`` (as in /v1). The outputs are the
-columns of a /v1 score response as named tensors (``OUTPUTS``). Errors are ``{"error": str}``.
+Request ``parameters`` may carry ``alpha``, ``guarantee``, ``delta``, ``fdr`` and ``neighbors``
+(as in /v1). The outputs are the columns of a /v1 score response as named tensors (``OUTPUTS``;
+``outlier_fdr`` only when ``fdr`` was given, ``neighbor_ids`` only with ``neighbors``).
+Errors are ``{"error": str}``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ OUTPUTS: tuple[tuple[str, str, str], ...] = (
     ("nonconformity", "FP64", "B"),
     ("p_value", "FP64", "B"),
     ("outlier", "BOOL", "B"),
+    ("outlier_fdr", "BOOL", "B"),
     ("soft_neighbor_score", "FP64", "BL"),
     ("layer_p_value", "FP64", "BL"),
     ("same_class_neighbors", "INT64", "BL"),
@@ -145,13 +148,17 @@ async def infer(model: str, request: Request) -> Response:
     body = await read_body(request, dataplane.state.settings.max_request_bytes)
     decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
     parsed = decoded.request
-    wanted = _requested(parsed, parsed.parameters.neighbors)
+    options = parsed.parameters
+    wanted = _requested(parsed, options.neighbors, options.fdr)
     scored = await dataplane.score(
         request,
         model,
         Given.named(decoded.tensors),
-        alpha=parsed.parameters.alpha,
-        neighbors=parsed.parameters.neighbors,
+        alpha=options.alpha,
+        guarantee=options.guarantee,
+        delta=options.delta,
+        fdr=options.fdr,
+        neighbors=options.neighbors,
     )
     head = {"model_name": model, "model_version": scored.model.version}
     if parsed.id is not None:
@@ -202,15 +209,20 @@ def _check_version(served: ServedModel, version: str) -> None:
         )
 
 
-def _requested(parsed: InferRequest, neighbors: int) -> list[str]:
+def _requested(parsed: InferRequest, neighbors: int, fdr: float | None) -> list[str]:
     """Names of the outputs to return, in ``OUTPUTS`` order unless the request lists them."""
-    available = [name for name, _, _ in OUTPUTS if name != "neighbor_ids" or neighbors > 0]
+    absent = {"neighbor_ids"} if neighbors == 0 else set()
+    if fdr is None:
+        absent.add("outlier_fdr")
+    available = [name for name, _, _ in OUTPUTS if name not in absent]
     if parsed.outputs is None:
         return available
     names = [output.name for output in parsed.outputs]
     for name in names:
         if name == "neighbor_ids" and neighbors == 0:
             raise MalformedRequest("outputs.neighbor_ids: set parameters.neighbors to k >= 1")
+        if name == "outlier_fdr" and fdr is None:
+            raise MalformedRequest("outputs.outlier_fdr: set parameters.fdr to a level q")
         if name not in available:
             raise MalformedRequest(f"outputs: unknown output {name!r}; outputs are {available}")
     return names

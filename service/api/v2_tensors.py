@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,11 +75,17 @@ class RequestOutput(BaseModel):
 
 
 class InferParameters(BaseModel):
-    """Request ``parameters``: ``alpha`` and ``neighbors`` exactly as in a /v1 score request."""
+    """Request ``parameters``: ``alpha``, ``guarantee``, ``delta``, ``fdr`` and ``neighbors``
+    exactly as in a /v1 score request."""
 
     model_config = ConfigDict(extra="forbid")
 
     alpha: Annotated[float | None, ScoreRequest.model_fields["alpha"]]
+    guarantee: Annotated[
+        Literal["marginal", "class", "pac"] | None, ScoreRequest.model_fields["guarantee"]
+    ]
+    delta: Annotated[float | None, ScoreRequest.model_fields["delta"]]
+    fdr: Annotated[float | None, ScoreRequest.model_fields["fdr"]]
     neighbors: Annotated[int, ScoreRequest.model_fields["neighbors"]]
     binary_data_output: bool = Field(
         False, description="Return every output as binary data (binary tensor extension)."

@@ -2,7 +2,7 @@
 
 Three roles (as in LitServe and infinity, minus their process hops):
 
-* handler: ``await batcher.submit(samples, alpha=..., neighbors=...)``. A request larger than
+* handler: ``await batcher.submit(samples, flag=..., neighbors=...)``. A request larger than
   ``max_batch_size`` is cut into chunks of at most that size. The queue is bounded in samples:
   a request that does not fit now gets 503 with ``Retry-After``, one that can never fit
   (more than ``max_queue`` samples) 413. A request without its result after ``timeout_s`` gets 503
@@ -11,14 +11,16 @@ Three roles (as in LitServe and infinity, minus their process hops):
   holds ``max_batch_size`` samples or the oldest chunk has waited ``max_wait_s``, and takes whole
   chunks from the front up to ``max_batch_size`` samples. While a batch runs, the next one fills.
 * worker (one thread per model, never the event loop): ``service.runtime.runner.BatchRunner``
-  makes one scoring call per ``(alpha, neighbors)`` group, checks the row count and splits the
+  makes one scoring call per ``(flag, neighbors)`` group, checks the row count and splits the
   rows back; a group that fails is retried chunk by chunk, so a bad request fails alone and every
   future gets an outcome. Once the futures have their outcomes, ``after`` (the drift monitor)
   gets the scored chunks in the same thread, off the requests' latency path: those of every
   batch answered within ``AFTER_EVERY_S`` in one call (``flush`` hands them over at once).
 
-Per-request ``alpha`` and ``neighbors`` are honored by that grouping: every request is scored by
-exactly the call it would get alone, with no math in the service. Requests with the usual
+Per-request flag rule (alpha, guarantee, delta) and ``neighbors`` are honored by that grouping:
+every request is scored by exactly the call it would get alone, with no math in the service. A
+request's batch FDR (Benjamini-Hochberg over its own p-values) is not the batcher's: the data
+plane applies it to the request's rows once they are back. Requests with the usual
 defaults form one group, so the common case is one call per batch.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 
 from service.http.errors import TooLarge, Unavailable
 from service.http.metrics import ServiceMetrics, observe_many
-from service.runtime.runner import BatchRunner, Part, R, ScoreFn
+from service.runtime.runner import DEFAULT_FLAG, BatchRunner, FlagOptions, Part, R, ScoreFn
 from snnl.scoring.batch import CheckedBatch, num_rows, slice_rows
 
 T = TypeVar("T")
@@ -152,7 +154,7 @@ class DynamicBatcher(Generic[R]):
         )
 
     async def submit(
-        self, samples: CheckedBatch, *, alpha: float | None = None, neighbors: int = 0
+        self, samples: CheckedBatch, *, flag: FlagOptions = DEFAULT_FLAG, neighbors: int = 0
     ) -> R:
         """Score ``samples`` (B >= 1 rows) within a merged batch; rows come back in order."""
         n = num_rows(samples)
@@ -163,7 +165,7 @@ class DynamicBatcher(Generic[R]):
         loop = asyncio.get_running_loop()
         chunks = [
             _Chunk(Part(slice_rows(samples, start, min(start + self.max_batch_size, n)),
-                        min(self.max_batch_size, n - start), (alpha, neighbors)),
+                        min(self.max_batch_size, n - start), (flag, neighbors)),
                    loop.create_future())
             for start in range(0, n, self.max_batch_size)
         ]  # fmt: skip

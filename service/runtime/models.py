@@ -37,7 +37,7 @@ from service.http.errors import Unavailable, UnknownModel
 from service.http.metrics import ServiceMetrics
 from service.http.security import ApiKeys
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.runner import evaluate_call, score_call
+from service.runtime.runner import DEFAULT_FLAG, evaluate_call, score_call
 from service.settings import Settings
 from service.workers import Peers
 from snnl.errors import InputError, RepositoryError
@@ -134,22 +134,24 @@ def _warm_up(detector: Detector, batch_size: int, iterations: int) -> None:
     score = score_call(detector)
     one = slice_rows(batch, 0, 1)
     for _ in range(iterations):
-        score(batch, None, 0)
-        score(one, None, 0)
+        score(batch, DEFAULT_FLAG, 0)
+        score(one, DEFAULT_FLAG, 0)
 
 
 def _observe_drift(
     monitor: ModelDriftMonitor, metrics: ServiceMetrics, model: str, scored: list[ScoreResult]
 ) -> None:
     """One scored batch into the model's drift monitor, and its state into the metrics. The
-    monitor gets the marginal p-values (``p_value``, ``layer_p_value``): its guarantee is stated
-    for them, whatever else a request asked for."""
-    if len(scored) == 1:
-        p, layer_p = scored[0].p_value, scored[0].layer_p_value
-    else:
-        p = np.concatenate([result.p_value for result in scored])
-        layer_p = np.concatenate([result.layer_p_value for result in scored])
+    monitor gets the marginal p-values (``marginal_p_value``, ``layer_p_value``): its guarantee is
+    stated for them, whatever guarantee a request asked for (``class`` serves Mondrian p-values)."""
+    p = np.concatenate([_marginal(result) for result in scored])
+    layer_p = np.concatenate([result.layer_p_value for result in scored])
     metrics.observe_drift(model, monitor.update(p, layer_p))
+
+
+def _marginal(result: ScoreResult) -> np.ndarray:
+    """The marginal p-values of a result (a result built without them serves marginal ones)."""
+    return result.p_value if result.marginal_p_value is None else result.marginal_p_value
 
 
 def _layer_dims(detector: Detector) -> dict[str, int]:
@@ -176,12 +178,16 @@ def _describe(detector: Detector) -> tuple[ModelInfo, CalibrationSummary]:
         ],
         reference_size=max(detector.reference_sizes.values()),
         alpha=manifest.alpha,
+        guarantee=manifest.guarantee,
+        delta=manifest.delta,
         device=detector.device,
         backend=detector.backend,
     )
     if detector.calibration is None:
         raise RepositoryError(f"model {detector.name!r}: no calibration to serve p-values from")
-    calibration = CalibrationSummary.model_validate(detector.calibration.summary(manifest.alpha))
+    calibration = CalibrationSummary.model_validate(
+        detector.calibration.summary(detector.flag_rule(), len(manifest.class_names))
+    )
     return info, calibration
 
 

@@ -4,7 +4,9 @@ This module is the only one of the service that calls a ``Detector`` to score or
 (``score_call``, ``evaluate_call``); everything else hands it checked batches.
 
 Synchronous and free of asyncio: ``BatchRunner.run`` is what ``DynamicBatcher`` hands to its
-single worker thread. It groups the batch's chunks by ``(alpha, neighbors)`` in arrival order,
+single worker thread. It groups the batch's chunks by ``(flag, neighbors)`` in arrival order
+(``FlagOptions``: alpha, guarantee, delta; a request's batch FDR is applied after its rows come
+back, by the data plane: Benjamini-Hochberg never runs across merged requests),
 concatenates each group and makes one scoring call per group, checks that the call returned one
 row per input row, and splits the rows back per chunk. A group that fails is retried chunk by
 chunk, so a bad request fails alone and every chunk gets an outcome (a result or an exception).
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,8 +27,19 @@ from snnl.model.detector import Detector
 from snnl.scoring.batch import CheckedBatch, concat_rows
 from snnl.scoring.results import ScoreResult
 
-BatchKey = tuple[float | None, int]
-"""(alpha, neighbors): requests are merged into one scoring call only when these agree."""
+
+class FlagOptions(NamedTuple):
+    """The per-sample rule of the flag a request asks for (None: the model's default)."""
+
+    alpha: float | None = None
+    guarantee: str | None = None
+    delta: float | None = None
+
+
+DEFAULT_FLAG = FlagOptions()
+
+BatchKey = tuple[FlagOptions, int]
+"""(flag, neighbors): requests are merged into one scoring call only when these agree."""
 
 R = TypeVar("R", bound="Result")
 
@@ -42,16 +55,18 @@ class Result(ScoredBatch, Protocol):
     def concatenate(cls: type[R], parts: Sequence[R]) -> R: ...
 
 
-ScoreFn = Callable[[CheckedBatch, float | None, int], R]
-"""``score(samples, alpha, neighbors)``: the model's scoring call, run in the worker thread."""
+ScoreFn = Callable[[CheckedBatch, FlagOptions, int], R]
+"""``score(samples, flag, neighbors)``: the model's scoring call, run in the worker thread."""
 
 
 def score_call(detector: Detector) -> ScoreFn[ScoreResult]:
-    """``score(samples, alpha, neighbors)`` of ``detector`` for the batcher. Every batch it sees
+    """``score(samples, flag, neighbors)`` of ``detector`` for the batcher. Every batch it sees
     was checked once, when its request was decoded (``service.dataplane.checked_samples``, with
     the Detector's own checks), or built valid by the warm-up, so the Detector does not check it
     again."""
-    return lambda s, alpha, k: detector.score(s, alpha=alpha, neighbors=k)
+    return lambda s, flag, k: detector.score(
+        s, alpha=flag.alpha, guarantee=flag.guarantee, delta=flag.delta, neighbors=k
+    )
 
 
 def evaluate_call(
@@ -80,7 +95,7 @@ Observe = Callable[[Any], None]
 
 
 class BatchRunner(Generic[R]):
-    """Runs merged batches of one model through ``score`` (one call per ``(alpha, k)`` group)."""
+    """Runs merged batches of one model through ``score`` (one call per ``(flag, k)`` group)."""
 
     def __init__(self, model: str, score: ScoreFn[R], observe: Observe) -> None:
         self.model = model
@@ -93,11 +108,11 @@ class BatchRunner(Generic[R]):
         for index, part in enumerate(batch):
             groups.setdefault(part.key, []).append(index)
         outcomes: list[R | BaseException] = [BatchError("not run")] * len(batch)
-        for (alpha, neighbors), members in groups.items():
-            merged = self._score_group([batch[i] for i in members], alpha, neighbors)
+        for (flag, neighbors), members in groups.items():
+            merged = self._score_group([batch[i] for i in members], flag, neighbors)
             parts: Sequence[R | BaseException]
             if isinstance(merged, BaseException) and len(members) > 1:
-                alone = [self._score_group([batch[i]], alpha, neighbors) for i in members]
+                alone = [self._score_group([batch[i]], flag, neighbors) for i in members]
                 parts = [p if isinstance(p, BaseException) else p[0] for p in alone]
             elif isinstance(merged, BaseException):
                 parts = [merged]
@@ -108,12 +123,12 @@ class BatchRunner(Generic[R]):
         return outcomes
 
     def _score_group(
-        self, parts: Sequence[Part], alpha: float | None, neighbors: int
+        self, parts: Sequence[Part], flag: FlagOptions, neighbors: int
     ) -> list[R] | BaseException:
         """One scoring call over the parts, split back per part; the exception if it fails."""
         total = sum(part.size for part in parts)
         try:
-            result = self._score(concat_rows([part.samples for part in parts]), alpha, neighbors)
+            result = self._score(concat_rows([part.samples for part in parts]), flag, neighbors)
             if len(result) != total:
                 raise BatchError(
                     f"model {self.model}: scoring returned {len(result)} rows for {total} inputs"

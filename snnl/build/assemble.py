@@ -8,8 +8,9 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
    (snnl.scoring.temperature_rule), and so are the terms of the neighbor-mass nonconformity
    (snnl.scoring.neighbor_mass), the default kind;
 3. the calibration inputs are scored by the same Detector code a query goes through, and the
-   sorted nonconformities a(x) of the chosen kind and per-layer scores are kept
-   (snnl.scoring.conformal);
+   sorted nonconformities a(x) of the chosen kind, their predicted classes and the per-layer
+   scores are kept (snnl.scoring.conformal); the manifest's default flag rule (alpha,
+   guarantee, delta) must be supportable by that calibration set (InputError otherwise);
 4. optionally a labeled test set is scored and its accuracy and flag rate are recorded in the
    manifest's provenance;
 5. the folder is written atomically with sha256s (snnl.model.store).
@@ -18,6 +19,7 @@ Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a u
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -46,6 +48,7 @@ from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.model.store import write_model
 from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
 from snnl.scoring.conformal import Calibration
+from snnl.scoring.guarantees import FlagRule, Guarantee
 from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
 from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
@@ -69,6 +72,8 @@ class ModelRecipe:
     temperature_rule: str = DEFAULT_RULE
     reference_dtype: StorageDtype = "float32"
     alpha: float = 0.05
+    guarantee: Guarantee = "marginal"
+    delta: float | None = None
     neighbors: int = 50
     nonconformity: str = DEFAULT_NONCONFORMITY
     mass_geometries: Sequence[Distance] = GEOMETRIES
@@ -84,15 +89,55 @@ def default_created() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def calibration_scores(detector: Detector, inputs: CheckedBatch) -> tuple[np.ndarray, np.ndarray]:
-    """log s_l (n, L) and a(x) (n,) of ``inputs`` scored like queries (no calibration needed),
-    in batches."""
-    log_score, a = [], []
-    for rows in row_chunks(inputs, DEFAULT_BATCH_SIZE):
+def calibration_scores(
+    detector: Detector, inputs: CheckedBatch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log s_l (n, L), a(x) (n,) and the predicted classes (n,) of ``inputs`` scored like
+    queries (no calibration needed), in batches."""
+    log_score, a, predicted = [], [], []
+    reference_rows = max(detector.reference_sizes.values())
+    for rows in row_chunks(inputs, calibration_batch_size(reference_rows)):
         scores = detector.uncalibrated_scores(rows)
         log_score.append(scores.log_score)
         a.append(detector.manifest.nonconformity.apply(scores))
-    return np.concatenate(log_score), np.concatenate(a)
+        predicted.append(scores.predicted)
+    return np.concatenate(log_score), np.concatenate(a), np.concatenate(predicted)
+
+
+def calibration_batch_size(reference_rows: int) -> int:
+    """Calibration rows per scoring call: DEFAULT_BATCH_SIZE, fewer against a large reference
+    set (at most 2^26 query x reference pairs, at least 64 rows), since the scorer's pass over
+    the neighbor-mass terms of every class holds B x N values at once: this bounds the build's
+    memory in N."""
+    return max(64, min(DEFAULT_BATCH_SIZE, (1 << 26) // max(reference_rows, 1)))
+
+
+def class_floor(alpha: float) -> int:
+    """Calibration rows per class that a stratified draw keeps where it can: twice the
+    ceil(1 / alpha) - 1 that guarantee "class" needs per *predicted* class at ``alpha``, so that
+    misclassified rows rarely push a predicted class below it."""
+    return 2 * (math.ceil(1 / alpha) - 1)
+
+
+def stratified_rows(
+    labels: np.ndarray, size: int, *, floor: int, max_fraction: float, seed: int
+) -> np.ndarray:
+    """Sorted row indices of a seeded stratified draw of about ``size`` rows of ``labels``: each
+    class gets its proportional share (largest remainders), raised to ``floor`` where the class
+    has the rows, and at most ceil(``max_fraction`` x its rows) (below 1: always leaving at least
+    one row of each class out)."""
+    labels = np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    cap = np.minimum(np.ceil(max_fraction * counts).astype(np.int64), counts - (max_fraction < 1))
+    exact = size * counts / counts.sum()
+    quota = np.floor(exact).astype(np.int64)
+    extra = int(min(size, cap.sum()) - quota.sum())
+    if extra > 0:
+        quota[np.argsort(quota - exact, kind="stable")[:extra]] += 1
+    quota = np.minimum(np.maximum(quota, np.minimum(floor, cap)), cap)
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(inverse == c))[: quota[c]] for c in range(len(classes))]
+    return np.sort(np.concatenate(rows))
 
 
 def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonconformity:
@@ -138,6 +183,8 @@ def _manifest(
         class_names=list(recipe.class_names),
         layers=layers,
         alpha=recipe.alpha,
+        guarantee=recipe.guarantee,
+        delta=recipe.delta,
         neighbors=recipe.neighbors,
         calibration_size=calibration_size,
         nonconformity=_nonconformity(recipe, served, seed),
@@ -159,6 +206,7 @@ def build_model(
     """Build and write ``repository/<recipe.name>``; returns the written manifest."""
     check_name(recipe.name)
     check_rule(recipe.temperature_rule)
+    default = FlagRule(recipe.guarantee, recipe.alpha, recipe.delta)  # refuses bad values now
     if recipe.nonconformity not in NONCONFORMITY_KINDS:
         raise InputError(
             f"nonconformity: expected one of {', '.join(NONCONFORMITY_KINDS)}, "
@@ -180,6 +228,10 @@ def build_model(
     runner = None if onnx_model is None else OnnxRunner(onnx_model, served.layers, target)
     detector = Detector(manifest, reference=served, calibration=None, runner=runner, device=target)
     calibration = Calibration.fit(served.layers, *calibration_scores(detector, calibration_batch))
+    try:
+        calibration.check(default, len(recipe.class_names))
+    except InputError as err:
+        raise InputError(f"the model's default flag rule ({default.guarantee}): {err}") from err
     if test is not None:
         calibrated = copy.copy(detector)
         calibrated.calibration = calibration

@@ -24,19 +24,27 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from snnl import __version__
-from snnl.build.assemble import DEFAULT_NONCONFORMITY, ModelRecipe, build_model
+from snnl.build.assemble import (
+    DEFAULT_NONCONFORMITY,
+    ModelRecipe,
+    build_model,
+    class_floor,
+    stratified_rows,
+)
 from snnl.core.distances import Distance
 from snnl.core.taps import LayerTaps
 from snnl.errors import InputError, SnnlError
 from snnl.model.manifest import Manifest
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.runtime import OnnxRunner, resolve_device
+from snnl.scoring.guarantees import Guarantee
 from snnl.scoring.neighbor_mass import GEOMETRIES
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.loop import load_run
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-5  # absolute and relative: |a - b| <= TOLERANCE (1 + |b|)
+ALPHA = 0.05  # the exported model's default level of the flag (ModelRecipe's)
 PREPROCESSING = "standardize: (x - mean) / std of the training split, inside model.onnx"
 
 
@@ -136,6 +144,9 @@ def export_run(
     *,
     version: str = "1",
     calibration_fraction: float | None = None,
+    calibration_size: int | None = None,
+    guarantee: Guarantee = "marginal",
+    delta: float | None = None,
     reference_dtype: StorageDtype = "float32",
     distance: Distance = "cosine",
     temperature_rule: str = DEFAULT_RULE,
@@ -165,6 +176,13 @@ def export_run(
         x_cal, y_cal, x_test, y_test = _calibration_split(
             x_cal, y_cal, x_test, y_test, calibration_fraction, total, config.seed
         )
+    if calibration_size is not None:
+        if calibration_size < 1:
+            raise InputError(f"--calibration-size must be >= 1, got {calibration_size}")
+        kept = stratified_rows(
+            y_cal, calibration_size, floor=class_floor(ALPHA), max_fraction=1.0, seed=config.seed
+        )
+        x_cal, y_cal = x_cal[kept], y_cal[kept]
     reference = ReferenceSet.from_net(
         net, split.x_train, split.y_train, served, device=resolve_device(device)
     )
@@ -180,6 +198,9 @@ def export_run(
         nonconformity=nonconformity,
         mass_geometries=tuple(mass_geometries),
         reference_dtype=reference_dtype,
+        alpha=ALPHA,
+        guarantee=guarantee,
+        delta=delta,
         provenance={
             "run": config.model_dump(mode="json"),
             "snnl_version": __version__,

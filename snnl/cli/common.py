@@ -39,6 +39,9 @@ DEFAULT_RULE = "class-perplexity:2"  # snnl.scoring.temperature_rule.DEFAULT_RUL
 DEFAULT_LAYER = "embedding"  # snnl.build.from_embeddings.DEFAULT_LAYER
 TRANSFORMS: tuple[str, ...] = ("invert", "scale=F", "shift=F", "permute")  # ood_sets
 REFERENCE_DTYPES: tuple[str, ...] = ("float32", "float16")  # snnl.model.reference
+GUARANTEES: tuple[str, ...] = ("marginal", "class", "pac")  # snnl.scoring.guarantees.GUARANTEES
+DEFAULT_DELTA = 0.1  # snnl.scoring.guarantees.DEFAULT_DELTA
+DEFAULT_CALIBRATION_SIZE = 3205  # snnl.build.from_embeddings.DEFAULT_CALIBRATION_SIZE
 
 NONCONFORMITY_HELP = (
     "a(x) of the outlier flag: neighbor-mass (standardized soft-neighbor mass of the predicted "
@@ -49,6 +52,25 @@ TEMPERATURE_RULE_HELP = (
     "served temperature per layer: class-perplexity[:F], perplexity:P, min-snnl[:FLOOR] or a "
     "number; see docs/method.md"
 )
+
+
+def add_guarantee_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    """``--guarantee`` and ``--delta``: the model's default rule of the flag (``default``) or a
+    run's override (docs/method.md)."""
+    whose = "the model's default" if default else "override the model's default"
+    parser.add_argument(
+        "--guarantee",
+        choices=GUARANTEES,
+        default="marginal" if default else None,
+        help=f"guarantee of the outlier flag ({whose}): marginal (P(flag) <= alpha on average), "
+        "class (the same within each predicted class) or pac (P(flag rate > alpha) <= delta "
+        "over calibration draws)",
+    )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        help=f"delta of --guarantee pac ({whose}; default {DEFAULT_DELTA})",
+    )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

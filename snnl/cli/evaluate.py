@@ -4,7 +4,8 @@ The ID file needs x and y (labels in the model's 0..C-1 space); OOD files need x
 be prefixed near: (new classes of the same data) or far: (other data, noise, transforms; the
 default), and the report gives the mean over each group beside each set (AUROC, FPR95, AUPR-In,
 AUPR-Out, ID accuracy; the best of every column in bold). Prints the tables and writes
-report.json, report.md, roc_<stem>.png and hist_<stem>.png to --report.
+report.json, report.md, roc_<stem>.png, hist_<stem>.png and fpr_resplits.png (the flag's rate
+over calibration/test re-splits of the ID scores) to --report.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the tables, write the report."""
-    from snnl.evaluation.benchmark import evaluate
+    from snnl.evaluation.benchmark import SOFT_NEIGHBOR, evaluate
     from snnl.evaluation.report import markdown, write_report
+    from snnl.evaluation.resplits import plot_resplits
     from snnl.training.data import read_npz
 
     id_x, id_y = read_npz(args.id_file)
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar(total, desc="evaluate", unit="sample") as bar:
         evaluation = evaluate(det, id_x, id_y, ood_sets, on_scored=bar.update, groups=groups)
     written = write_report(evaluation, args.report)
+    written.append(plot_resplits(-evaluation.id_scores[SOFT_NEIGHBOR], args.report))
     print(markdown(evaluation))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stdout)
     return 0

@@ -19,6 +19,7 @@ from snnl.cli.common import (
     NONCONFORMITY_KINDS,
     REFERENCE_DTYPES,
     TEMPERATURE_RULE_HELP,
+    add_guarantee_options,
     comma_list,
 )
 from snnl.errors import InputError
@@ -49,6 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="re-split the run's calibration + test pool to this fraction of all samples "
         "(default: the run's calibration split)",
     )
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        help="at most this many calibration samples, a stratified draw with enough samples per "
+        "class for --guarantee class where possible (default: all of the calibration split)",
+    )
+    add_guarantee_options(parser, default=True)
     parser.add_argument(
         "--reference-dtype",
         choices=REFERENCE_DTYPES,
@@ -93,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         args.name,
         version=args.version,
         calibration_fraction=args.calibration_fraction,
+        calibration_size=args.calibration_size,
+        guarantee=args.guarantee,
+        delta=args.delta,
         reference_dtype=args.reference_dtype,
         distance=args.distance,
         temperature_rule=args.temperature_rule,
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  calibration: {manifest.calibration_size} samples; test: {test.get('size')} samples, "
         f"accuracy {test.get('accuracy', float('nan')):.4f}, "
-        f"flag rate {test.get('flag_rate', float('nan')):.4f} at alpha {manifest.alpha}"
+        f"flag rate {test.get('flag_rate', float('nan')):.4f} at alpha {manifest.alpha} "
+        f"({manifest.guarantee}"
+        + (f", delta {manifest.delta or 0.1:g})" if manifest.guarantee == "pac" else ")")
     )
     return 0

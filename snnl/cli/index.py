@@ -2,15 +2,19 @@
 
 FILE.npz holds ``x`` (N, d) embeddings and ``y`` (N,) integer labels. Clients then send
 ``{"embeddings": {"<layer>": [[...], ...]}}`` (HTTP) or call ``Detector.score_embeddings``.
-An existing model of the same name is replaced only with --force.
+An existing model of the same name is replaced only with --force. Without ``--calibration``
+(held-out embeddings) a one-line warning goes to stderr: calibrating on rows of FILE.npz is
+optimistic when the encoder was trained on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from snnl.cli.common import (
+    DEFAULT_CALIBRATION_SIZE,
     DEFAULT_LAYER,
     DEFAULT_NONCONFORMITY,
     DEFAULT_RULE,
@@ -20,6 +24,7 @@ from snnl.cli.common import (
     NONCONFORMITY_KINDS,
     REFERENCE_DTYPES,
     TEMPERATURE_RULE_HELP,
+    add_guarantee_options,
 )
 from snnl.errors import InputError
 
@@ -43,11 +48,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"
     )
     parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE.npz",
+        help="held-out calibration embeddings x (n, d) and labels y (n,) of samples the encoder "
+        "never saw (default: hold out rows of FILE.npz, optimistic if the encoder was trained "
+        "on them)",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=DEFAULT_CALIBRATION_SIZE,
+        help="calibration rows, a stratified draw with enough rows per class for --guarantee "
+        "class where possible (the default: where pac's level reaches 0.9 alpha at alpha 0.05, "
+        "delta 0.1)",
+    )
+    parser.add_argument(
         "--calibration-fraction",
         type=float,
         default=0.15,
-        help="fraction of the rows held out for calibration (the rest is the reference set)",
+        help="without --calibration: at most this fraction of each class is held out for "
+        "calibration (the rest is the reference set)",
     )
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, help="the model's default level of the outlier flag"
+    )
+    add_guarantee_options(parser, default=True)
     parser.add_argument("--temperature-rule", default=DEFAULT_RULE, help=TEMPERATURE_RULE_HELP)
     parser.add_argument(
         "--reference-dtype",
@@ -86,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
         args.name,
         layer=args.layer,
         distance=args.distance,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
         calibration_fraction=args.calibration_fraction,
+        alpha=args.alpha,
+        guarantee=args.guarantee,
+        delta=args.delta,
         temperature_rule=args.temperature_rule,
         nonconformity=args.nonconformity,
         reference_dtype=args.reference_dtype,
@@ -96,11 +127,19 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     layer = manifest.layers[0]
+    if args.calibration is None:
+        print(
+            f"warning: no --calibration file: calibrating on held-out rows of {args.data}; if "
+            "the encoder was trained on them, flags on new data will exceed alpha",
+            file=sys.stderr,
+        )
     print(
         f"indexed {manifest.name} version {manifest.version} to {args.repository / manifest.name}: "
         f"layer {layer.name} ({layer.dim}-d, {layer.distance}, "
         f"served temperature {layer.temperature:.4g}), "
         f"{layer.reference_size} reference rows, {manifest.calibration_size} calibration rows, "
-        f"{len(manifest.class_names)} classes, nonconformity {manifest.nonconformity.kind}"
+        f"{len(manifest.class_names)} classes, nonconformity {manifest.nonconformity.kind}, "
+        f"default flag: {manifest.guarantee} at alpha {manifest.alpha:g}"
+        + ("" if manifest.guarantee != "pac" else f", delta {manifest.delta or 0.1:g}")
     )
     return 0

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from snnl.cli.common import DEVICES, load_detector, progress_bar
+from snnl.cli.common import DEVICES, add_guarantee_options, load_detector, progress_bar
 from snnl.errors import InputError
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
     parser.add_argument(
         "--alpha", type=float, help="level of the outlier flag (default: the model's alpha)"
+    )
+    add_guarantee_options(parser, default=False)
+    parser.add_argument(
+        "--fdr",
+        type=float,
+        help="also write outlier_fdr: Benjamini-Hochberg at this level over each --batch-size "
+        "batch's p-values",
     )
     parser.add_argument(
         "--neighbors",
@@ -117,14 +124,24 @@ def _remote_batches(
             if isinstance(rows, CheckedSamples)
             else {"embeddings": rows.features}
         )
-        records = client.score(args.model, alpha=args.alpha, neighbors=args.neighbors, **given)
+        records = client.score(
+            args.model,
+            alpha=args.alpha,
+            guarantee=args.guarantee,
+            delta=args.delta,
+            fdr=args.fdr,
+            neighbors=args.neighbors,
+            **given,
+        )
         yield [dict(record) for record in records]
 
 
-def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -> None:
+def _summary(
+    count: int, outliers: int, name: str, version: str, alpha: float, guarantee: str
+) -> None:
     print(
         f"scored {count} samples with {name} version {version}: "
-        f"{outliers} outliers at alpha {alpha:g}",
+        f"{outliers} outliers at alpha {alpha:g} ({guarantee})",
         file=sys.stderr,
     )
 
@@ -132,27 +149,34 @@ def _summary(count: int, outliers: int, name: str, version: str, alpha: float) -
 def run(args: argparse.Namespace) -> int:
     """Score the file (locally, or with the service at ``--url``) and write JSON lines."""
     from snnl.scoring.batch import row_chunks
-    from snnl.scoring.validation import check_alpha, check_neighbors
+    from snnl.scoring.validation import check_neighbors
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.url is not None:
         return _run_remote(args)
     detector = load_detector(args.repository, args.model, args.device)
-    alpha = check_alpha(args.alpha, detector.manifest.alpha)
+    rule = detector.flag_rule(args.alpha, args.guarantee, args.delta, args.fdr)
     check_neighbors(args.neighbors, min(detector.reference_sizes.values()))
     data = _read(args.data, detector.input_shape, detector.layers)
     try:
         # The whole file is checked before anything is scored or the output file is opened.
         checked = detector.check(data)
         batches = (
-            detector.score(rows, alpha=alpha, neighbors=args.neighbors).to_records()
+            detector.score(
+                rows,
+                alpha=rule.alpha,
+                guarantee=rule.guarantee,
+                delta=rule.delta,
+                fdr=rule.fdr,
+                neighbors=args.neighbors,
+            ).to_records()
             for rows in row_chunks(checked, args.batch_size)
         )
         count, outliers = _output(args, batches, len(checked))
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from err
-    _summary(count, outliers, detector.name, detector.version, alpha)
+    _summary(count, outliers, detector.name, detector.version, rule.alpha, rule.guarantee)
     return 0
 
 
@@ -178,5 +202,6 @@ def _run_remote(args: argparse.Namespace) -> int:
             raise InputError(f"{args.data}: {err}") from err
         count, outliers = _output(args, _remote_batches(client, checked, args), len(checked))
     alpha = info["alpha"] if args.alpha is None else args.alpha
-    _summary(count, outliers, info["name"], info["version"], alpha)
+    guarantee = info.get("guarantee", "marginal") if args.guarantee is None else args.guarantee
+    _summary(count, outliers, info["name"], info["version"], alpha, guarantee)
     return 0

@@ -32,7 +32,8 @@ from snnl.model.reference import ReferenceSet
 from snnl.model.runtime import ForwardOutput, OnnxRunner, resolve_device
 from snnl.model.store import map_verified, read_model_files, read_verified
 from snnl.scoring.batch import CheckedBatch, CheckedFeatures, CheckedSamples, Samples, row_chunks
-from snnl.scoring.conformal import Calibration, flag
+from snnl.scoring.conformal import Calibration
+from snnl.scoring.guarantees import FlagRule
 from snnl.scoring.results import ScoreResult
 from snnl.scoring.scorer import BatchScores, Scorer, SoftNeighborScorer, default_chunk_size
 from snnl.scoring.validation import check_alpha, check_embeddings, check_inputs, check_neighbors
@@ -290,11 +291,42 @@ class Detector:
         features, logits, _ = self._features(self.check(samples))
         return self._neighbor_scores(features, logits, neighbors=0)
 
+    def flag_rule(
+        self,
+        alpha: float | None = None,
+        guarantee: str | None = None,
+        delta: float | None = None,
+        fdr: float | None = None,
+    ) -> FlagRule:
+        """The flag's rule of a call, each None taken from the manifest (``alpha``,
+        ``guarantee``, ``delta``; no ``fdr``), checked against the calibration: InputError
+        naming the field, the value and n_cal for a rule it cannot support (snnl.scoring.
+        guarantees). ``delta`` is kept for "pac" only (default 0.1)."""
+        if self.calibration is None:
+            raise InputError(f"model {self.name!r} has no calibration yet")
+        guarantee = self.manifest.guarantee if guarantee is None else guarantee
+        delta = self.manifest.delta if delta is None else delta
+        rule = FlagRule(
+            guarantee,  # type: ignore[arg-type]  # FlagRule refuses an unknown name
+            check_alpha(alpha, self.manifest.alpha),
+            delta,
+            fdr,
+        )
+        if rule.guarantee == "pac":
+            rule = replace(rule, delta=rule.pac_delta)
+        elif rule.delta is not None:
+            rule = replace(rule, delta=None)
+        self.calibration.check(rule, len(self.class_names))
+        return rule
+
     def score(
         self,
         samples: np.ndarray | CheckedBatch,
         *,
         alpha: float | None = None,
+        guarantee: str | None = None,
+        delta: float | None = None,
+        fdr: float | None = None,
         neighbors: int = 0,
         batch_size: int | None = None,
         with_features: bool = False,
@@ -302,31 +334,39 @@ class Detector:
         """Score a batch: raw samples (B, *input_shape) or (B, prod(input_shape)) of a model
         with a network, or a batch ``check`` returned (of either kind).
 
-        ``alpha``: the flag's level (None: the manifest's). ``neighbors``: how many ids of the
-        nearest reference rows per layer (0: none). ``batch_size``: score at most this many rows
-        per call (the whole batch is checked first; a sample's result does not depend on its
-        batch). ``with_features=True``: the result also carries the logits (None for an
+        The flag's rule (None: the manifest's): ``alpha`` its level, ``guarantee`` "marginal",
+        "class" or "pac" (with ``delta``), and ``fdr``: also Benjamini-Hochberg at this level
+        over the batch's marginal p-values (``outlier_fdr``); checked once, InputError naming
+        the value and n_cal when the calibration cannot support it (``flag_rule``).
+        ``neighbors``: how many ids of the nearest reference rows per layer (0: none).
+        ``batch_size``: score at most this many rows per call (the whole batch is checked
+        first; a sample's result does not depend on its batch, ``outlier_fdr`` is over the
+        whole batch). ``with_features=True``: the result also carries the logits (None for an
         embedding-only model) and the served-layer features that were scored.
         """
         batch = self.check(samples)
-        alpha = check_alpha(alpha, self.manifest.alpha)
+        rule = self.flag_rule(alpha, guarantee, delta, fdr)
+        per_sample = replace(rule, fdr=None)  # BH runs once, over the whole batch
         neighbors = check_neighbors(neighbors, self._scorer.reference_size)
         if batch_size is None:
-            return self._score(batch, alpha, neighbors, with_features)
+            return self._score(batch, per_sample, neighbors, with_features).with_fdr(rule.fdr)
         if batch_size < 1:
             raise InputError(f"batch_size: expected >= 1, got {batch_size}")
         return ScoreResult.concatenate(
             [
-                self._score(rows, alpha, neighbors, with_features)
+                self._score(rows, per_sample, neighbors, with_features)
                 for rows in row_chunks(batch, batch_size)
             ]
-        )
+        ).with_fdr(rule.fdr)
 
     def score_features(
         self,
         features: Mapping[str, Any] | CheckedFeatures,
         *,
         alpha: float | None = None,
+        guarantee: str | None = None,
+        delta: float | None = None,
+        fdr: float | None = None,
         neighbors: int = 0,
         batch_size: int | None = None,
         with_features: bool = False,
@@ -338,6 +378,9 @@ class Detector:
         return self.score(
             self.check(features),
             alpha=alpha,
+            guarantee=guarantee,
+            delta=delta,
+            fdr=fdr,
             neighbors=neighbors,
             batch_size=batch_size,
             with_features=with_features,
@@ -369,16 +412,15 @@ class Detector:
         )
 
     def _score(
-        self, batch: CheckedBatch, alpha: float, neighbors: int, with_features: bool
+        self, batch: CheckedBatch, rule: FlagRule, neighbors: int, with_features: bool
     ) -> ScoreResult:
-        if self.calibration is None:
-            raise InputError(f"model {self.name!r} has no calibration yet")
+        """The scores of a checked batch under a checked rule (without its batch FDR)."""
+        assert self.calibration is not None  # flag_rule refused the call otherwise
         features, logits, forward_seconds = self._features(batch)
         start = time.perf_counter()
         scores = self._neighbor_scores(features, logits, neighbors=neighbors)
         middle = time.perf_counter()
         a = self.manifest.nonconformity.apply(scores)
-        p = self.calibration.p_value(a)
         layer_p = self.calibration.layer_p_values(scores.log_score)
         if logits is None:
             confidence = scores.class_probability.max(1)
@@ -392,7 +434,7 @@ class Detector:
                 f"{int(np.flatnonzero(broken)[0])} makes the model overflow (non-finite layer "
                 "outputs or scores); values of that magnitude are not supported"
             )
-        outlier = flag(p, alpha)
+        decision = self.calibration.decide(rule, a, scores.predicted)
         end = time.perf_counter()
         result = ScoreResult(
             layers=self.layers,
@@ -400,18 +442,21 @@ class Detector:
             prediction=scores.predicted,
             confidence=confidence,
             nonconformity=a,
-            p_value=p,
-            outlier=outlier,
+            p_value=decision.p_value,
+            outlier=decision.outlier,
             soft_neighbor_score=np.exp(scores.log_score),
             same_class_neighbors=scores.same_class,
             layer_p_value=layer_p,
             neighbor_ids=scores.neighbor_ids,
-            alpha=alpha,
+            alpha=rule.alpha,
             timings={
                 "forward": forward_seconds,
                 "neighbors": middle - start,
                 "calibrate": end - middle,
             },
+            marginal_p_value=decision.marginal_p_value,
+            guarantee=rule.guarantee,
+            delta=rule.delta,
         )
         if with_features:
             return replace(result, logits=logits, features=dict(features))
@@ -447,6 +492,21 @@ def _check_consistency(
             f"{folder / CALIBRATION_FILE}: {calibration.size} calibration points, the "
             f"manifest says {manifest.calibration_size}"
         )
+    predicted = calibration.predicted
+    if (
+        predicted is not None
+        and predicted.size
+        and int(predicted.max()) >= len(manifest.class_names)
+    ):
+        raise RepositoryError(
+            f"{folder / CALIBRATION_FILE}: 'predicted' holds class {int(predicted.max())}, the "
+            f"manifest has {len(manifest.class_names)} classes"
+        )
+    rule = FlagRule(manifest.guarantee, manifest.alpha, manifest.delta)
+    try:
+        calibration.check(rule, len(manifest.class_names))
+    except InputError as err:
+        raise RepositoryError(f"{folder}: the manifest's default flag rule: {err}") from err
     low, high = int(reference.labels.min()), int(reference.labels.max())
     if low < 0 or high >= len(manifest.class_names):
         raise RepositoryError(

@@ -4,7 +4,7 @@ the names of the files of a model folder.
     <repository>/<name>/manifest.json            Manifest below (sorted keys, indent 2)
     <repository>/<name>/model.onnx               ONNX_FILE; absent for an embedding-only model
     <repository>/<name>/reference.safetensors    labels + features.<layer>
-    <repository>/<name>/calibration.safetensors  nonconformity + scores.<layer>
+    <repository>/<name>/calibration.safetensors  nonconformity + scores.<layer> + predicted
 
 The nonconformity section is one of the plain scoring dataclasses of snnl.scoring.nonconformity,
 validated here by their own checks. Reading and writing folders: snnl.model.store.
@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from snnl.errors import RepositoryError
+from snnl.scoring.guarantees import Guarantee
 from snnl.scoring.nonconformity import NegLogScore, NeighborMass
 
 MANIFEST_FILE = "manifest.json"
@@ -52,7 +53,9 @@ class Manifest(BaseModel):
 
     ``files`` maps each other file of the folder to its sha256; ``provenance`` is free-form JSON
     (training run, temperature rule, recorded test metrics). ``nonconformity`` says how a(x) is
-    computed; a manifest without it uses the sum of -log s_l (``NegLogScore``)."""
+    computed; a manifest without it uses the sum of -log s_l (``NegLogScore``). ``alpha``,
+    ``guarantee`` and ``delta`` are the flag's default rule (snnl.scoring.guarantees; ``delta``
+    None: 0.1 for "pac"); a request may override each."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +69,8 @@ class Manifest(BaseModel):
     class_names: list[str] = Field(min_length=2)
     layers: list[LayerSpec] = Field(min_length=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    guarantee: Guarantee = "marginal"
+    delta: float | None = Field(default=None, gt=0, lt=1)
     neighbors: int = Field(default=50, ge=0)
     calibration_size: int = Field(ge=1)
     nonconformity: Nonconformity = Field(default_factory=NegLogScore)

@@ -62,12 +62,26 @@ class ReferenceSet:
 
     @classmethod
     def from_arrays(
-        cls, features: Mapping[str, np.ndarray | torch.Tensor], labels: np.ndarray | torch.Tensor
+        cls,
+        features: Mapping[str, np.ndarray | torch.Tensor],
+        labels: np.ndarray | torch.Tensor,
+        *,
+        rows: np.ndarray | None = None,
     ) -> ReferenceSet:
-        """A reference set from rows in any order (all on one device), sorted stably by label."""
-        y = torch.as_tensor(labels).to(torch.int64)
-        order = torch.argsort(y, stable=True)
-        return cls({name: torch.as_tensor(x)[order] for name, x in features.items()}, y[order])
+        """A reference set from rows in any order (all on one device), sorted stably by label;
+        ``rows``: only these row indices of ``features`` and ``labels`` (numpy arrays, e.g.
+        memory maps: each kept row is copied once, in label order)."""
+        if rows is None:
+            y = torch.as_tensor(labels).to(torch.int64)
+            order = torch.argsort(y, stable=True)
+            return cls({name: torch.as_tensor(x)[order] for name, x in features.items()}, y[order])
+        kept = np.asarray(labels)[rows].astype(np.int64)
+        by_label = np.argsort(kept, kind="stable")
+        taken = rows[by_label]
+        return cls(
+            {name: torch.from_numpy(np.asarray(x)[taken]) for name, x in features.items()},
+            torch.from_numpy(kept[by_label]),
+        )
 
     @classmethod
     @torch.inference_mode()

@@ -89,6 +89,7 @@ def test_evaluate_writes_the_report(workdir: Path) -> None:
     for stem in ("classes", "noise", "scaled"):
         for kind in ("roc", "hist"):
             assert (workdir / "rep" / f"{kind}_{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / "rep" / "fpr_resplits.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (workdir / "rep" / "report.md").read_text()
     assert markdown.startswith("# OOD evaluation of five")
     assert "T* of this set" in markdown

@@ -71,10 +71,23 @@ def test_index_then_score_embeddings(
     x = rng.normal(size=(200, 4)).astype(np.float32) + y[:, None]
     np.savez(workdir / "emb.npz", x=x, y=y)
     assert main(["index", "emb.npz", "--repository", "models", "--name", "enc"]) == 0
-    assert "indexed enc" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "indexed enc" in captured.out and "warning: no --calibration file" in captured.err
     assert main(["score", "--repository", "models", "--model", "enc", "emb.npz"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 200 and json.loads(lines[0])["layers"][0]["name"] == "embedding"
+    score = ["score", "--repository", "models", "--model", "enc", "emb.npz", "--alpha", "0.2"]
+    assert main([*score, "--guarantee", "pac", "--delta", "0.2", "--fdr", "0.1"]) == 0
+    out, err = capsys.readouterr()
+    first = json.loads(out.splitlines()[0])
+    assert isinstance(first["outlier_fdr"], bool) and "at alpha 0.2 (pac)" in err
+    # 31 calibration rows: alpha 0.01 < 1/32 is refused, one line naming the value and n_cal.
+    assert main([*score[:-2], "--alpha", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alpha=0.01 is below" in err and "n_cal=31" in err
+    assert main(["index", "emb.npz", "--repository", "models", "--name", "enc", "--force",
+                 "--alpha", "0.01"]) == 2  # fmt: skip
+    assert "n_cal=31" in capsys.readouterr().err
 
 
 SCORE = ("score", "--repository", "models", "--model")

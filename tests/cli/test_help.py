@@ -87,6 +87,9 @@ def test_every_option_has_help_and_shows_its_default(
         ("DEFAULT_RULE", "snnl.scoring.temperature_rule", "DEFAULT_RULE"),
         ("DEFAULT_LAYER", "snnl.build.from_embeddings", "DEFAULT_LAYER"),
         ("TRANSFORMS", "snnl.evaluation.ood_sets", "TRANSFORMS"),
+        ("GUARANTEES", "snnl.scoring.guarantees", "GUARANTEES"),
+        ("DEFAULT_DELTA", "snnl.scoring.guarantees", "DEFAULT_DELTA"),
+        ("DEFAULT_CALIBRATION_SIZE", "snnl.build.from_embeddings", "DEFAULT_CALIBRATION_SIZE"),
     ],
 )
 def test_option_values_mirror_the_library(name: str, module: str, attribute: str) -> None:

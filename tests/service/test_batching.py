@@ -1,4 +1,4 @@
-"""DynamicBatcher: merging, splitting, grouping by (alpha, neighbors), failures, limits, metrics.
+"""DynamicBatcher: merging, splitting, grouping by (flag, neighbors), failures, limits, metrics.
 
 The scoring call is a plain function returning a real ``ScoreResult`` whose every row is computed
 from its own input row only, so a row that lands at the wrong request is visible.
@@ -17,7 +17,7 @@ import pytest
 from service.http.errors import TooLarge, Unavailable
 from service.http.metrics import ServiceMetrics
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.runner import BatchError
+from service.runtime.runner import BatchError, FlagOptions
 from snnl.scoring.batch import CheckedSamples
 from snnl.scoring.results import ScoreResult
 
@@ -59,9 +59,10 @@ class Recorder:
         self.release.set()
         self.entered = threading.Event()
 
-    def __call__(self, batch: Any, alpha: float | None, neighbors: int) -> ScoreResult:
+    def __call__(self, batch: Any, flag: FlagOptions, neighbors: int) -> ScoreResult:
         self.entered.set()
         self.release.wait(10)
+        alpha = flag.alpha
         self.calls.append((len(batch), alpha, neighbors))
         if self.fail is not None and self.fail(batch.x):
             raise ValueError(f"bad batch of {len(batch)}")
@@ -170,7 +171,7 @@ def test_alpha_and_neighbors_are_honored_inside_a_merged_batch() -> None:
 
     async def body(batcher: DynamicBatcher[ScoreResult]) -> list[ScoreResult]:
         return await asyncio.gather(
-            *(batcher.submit(x, alpha=a, neighbors=k) for x, a, k in requests)
+            *(batcher.submit(x, flag=FlagOptions(alpha=a), neighbors=k) for x, a, k in requests)
         )
 
     results, _ = run_with(recorder, body, max_batch_size=16, max_wait_s=0.2)
@@ -216,8 +217,8 @@ def test_a_bad_request_fails_alone_and_the_others_of_its_batch_succeed() -> None
 
 
 def test_a_wrong_number_of_result_rows_fails_every_request() -> None:
-    def short(x: Any, alpha: float | None, neighbors: int) -> ScoreResult:
-        return row_result(x.rows(0, len(x) - 1), alpha, neighbors)
+    def short(x: Any, flag: FlagOptions, neighbors: int) -> ScoreResult:
+        return row_result(x.rows(0, len(x) - 1), flag.alpha, neighbors)
 
     inputs = [samples(2 * i, 2) for i in range(3)]
 

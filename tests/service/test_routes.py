@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 
 from service.api.routing import json_response
 from service.api.schemas import EvaluateResponse, ModelDetail, ModelList, ScoreResponse
+from snnl.errors import InputError
 from snnl.evaluation.embeddings import evaluate_detector
 from snnl.model.detector import Detector
 
@@ -91,7 +92,9 @@ def test_get_model_manifest_and_calibration(server: Server, detector: Detector) 
     ModelDetail.model_validate(body)
     assert body["manifest"] == detector.manifest.model_dump(mode="json")
     assert detector.calibration is not None
-    assert body["calibration"] == detector.calibration.summary(detector.manifest.alpha)
+    assert body["calibration"] == detector.calibration.summary(
+        detector.flag_rule(), len(detector.class_names)
+    )
     assert body["calibration"]["size"] == detector.calibration.size
 
 
@@ -124,6 +127,64 @@ def test_score_nested_inputs_alpha_and_neighbors(
     results = response.json()["results"]
     assert results == detector.score(x, alpha=0.5, neighbors=4).to_records()
     assert all(len(layer["neighbors"]) == 4 for r in results for layer in r["layers"])
+
+
+def test_score_guarantee_and_fdr_in_json_and_query(
+    server: Server, detector: Detector, digits: np.ndarray
+) -> None:
+    x = digits[40:70]
+    for guarantee, delta in (("class", None), ("pac", 0.2), ("marginal", None)):
+        body = {"inputs": x.tolist(), "alpha": 0.2, "guarantee": guarantee, "delta": delta}
+        response = post(server, "/v1/models/digits-mlp/score", body)
+        try:
+            expected = detector.score(x, alpha=0.2, guarantee=guarantee, delta=delta)
+        except InputError as err:  # class: a 3-epoch net may predict some class too rarely
+            assert guarantee == "class"
+            assert (response.status_code, response.json()["detail"]) == (422, str(err))
+            continue
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert results == expected.to_records() and "outlier_fdr" not in results[0]
+    response = post(server, "/v1/models/digits-mlp/score", {"inputs": x.tolist(), "fdr": 0.2})
+    results = response.json()["results"]
+    assert results == detector.score(x, fdr=0.2).to_records()
+    assert all(isinstance(r["outlier_fdr"], bool) for r in results)
+    path = "/v1/models/digits-mlp/score?alpha=0.2&guarantee=pac&delta=0.3&fdr=0.1"
+    response = post(server, path, npy(x))
+    assert response.status_code == 200, response.text
+    expected = detector.score(x, alpha=0.2, guarantee="pac", delta=0.3, fdr=0.1)
+    assert response.json()["results"] == expected.to_records()
+
+
+def test_score_refuses_rules_the_calibration_cannot_support(
+    server: Server, detector: Detector
+) -> None:
+    assert detector.calibration is not None
+    n = detector.calibration.size
+    for options, message in (
+        (
+            {"alpha": 0.001},
+            f"alpha=0.001 is below 1/(n_cal + 1) = {1 / (n + 1):.3g} with n_cal={n}",
+        ),
+        ({"alpha": 0.005, "guarantee": "pac"}, f"guarantee='pac', but n_cal={n}"),
+        ({"fdr": 0.0001}, f"fdr=0.0001 is below 1/(n_cal + 1) = {1 / (n + 1):.3g} with n_cal={n}"),
+        ({"guarantee": "conditional"}, "guarantee: Input should be 'marginal', 'class' or 'pac'"),
+        ({"delta": 1.5}, "delta: Input should be less than 1"),
+    ):
+        response = post(server, "/v1/models/digits-mlp/score", {"inputs": [ROW], **options})
+        assert response.status_code == 422, (options, response.text)
+        assert message in response.json()["detail"], response.json()["detail"]
+
+
+def test_model_detail_shows_the_default_rule(server: Server, detector: Detector) -> None:
+    with server.client() as client:
+        detail = client.get("/v1/models/digits-mlp", headers=HEADERS).json()
+        listed = client.get("/v1/models", headers=HEADERS).json()["models"]
+    assert detail["manifest"]["guarantee"] == "marginal" and detail["manifest"]["delta"] is None
+    assert detail["calibration"]["guarantee"] == "marginal"
+    assert sum(detail["calibration"]["class_sizes"]) == detector.calibration.size  # type: ignore[union-attr]
+    info = next(m for m in listed if m["name"] == "digits-mlp")
+    assert info["guarantee"] == "marginal" and info["delta"] is None
 
 
 def test_score_npy(server: Server, detector: Detector, digits: np.ndarray) -> None:
@@ -217,7 +278,9 @@ ERRORS: list[tuple[str, str, Any, str, int, str]] = [
     ("neighbors type", "", {"inputs": [ROW], "neighbors": "x"}, JSON, 422,
      "neighbors: Input should be a valid integer, unable to parse string as an integer"),
     ("query with json", "?alpha=0.1", {"inputs": [ROW]}, JSON, 400,
-     "query alpha/neighbors: with a JSON body give them in the body"),
+     "query alpha/guarantee/delta/fdr/neighbors: with a JSON body give them in the body"),
+    ("query fdr range", "?fdr=1", npy(np.zeros((1, 64))), NPY_TYPE, 422,
+     "fdr: Input should be less than 1"),
     ("query alpha range", "?alpha=0", npy(np.zeros((1, 64))), NPY_TYPE, 422,
      "alpha: Input should be greater than 0"),
     ("query neighbors type", "?neighbors=x", npy(np.zeros((1, 64))), NPY_TYPE, 422,

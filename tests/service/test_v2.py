@@ -166,6 +166,21 @@ def infer_body(data: list[Any], shape: list[int], datatype: str = "FP32") -> dic
             "outputs.neighbor_ids: set parameters.neighbors",
         ),
         (
+            {**infer_body([1.0] * 64, [1, 64]), "outputs": [{"name": "outlier_fdr"}]},
+            400,
+            "outputs.outlier_fdr: set parameters.fdr",
+        ),
+        (
+            {**infer_body([1.0] * 64, [1, 64]), "parameters": {"guarantee": "x"}},
+            422,
+            "parameters.guarantee: Input should be 'marginal', 'class' or 'pac'",
+        ),
+        (
+            {**infer_body([1.0] * 64, [1, 64]), "parameters": {"alpha": 0.001}},
+            422,
+            "alpha=0.001 is below 1/(n_cal + 1)",
+        ),
+        (
             {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
             422,
             "this model takes one tensor 'inputs'",
@@ -251,3 +266,21 @@ def test_v1_takes_gzip_json_and_answers_gzip_from_the_minimum_size(
     assert zipped.status_code == 200 and zipped.headers["content-encoding"] == "gzip"
     assert zipped.json()["results"] == v1_scores(server, "digits-mlp", json.loads(body))
     assert "content-encoding" not in small.headers  # below SNNL_GZIP_MIN_BYTES
+
+
+def test_infer_json_parameters_guarantee_and_fdr(server: Server, samples: np.ndarray) -> None:
+    x = samples[:12]
+    parameters = {"alpha": 0.2, "guarantee": "pac", "delta": 0.3, "fdr": 0.1}
+    body = {**infer_body(x.ravel().tolist(), list(x.shape)), "parameters": parameters}
+    response = v2_post(server, "/v2/models/digits-mlp/infer", body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    records = v1_scores(server, "digits-mlp", {"inputs": x.tolist(), **parameters})
+    assert outputs["outlier_fdr"]["datatype"] == "BOOL" and outputs["outlier_fdr"]["shape"] == [12]
+    assert outputs["outlier_fdr"]["data"] == [r["outlier_fdr"] for r in records]
+    assert outputs["outlier"]["data"] == [r["outlier"] for r in records]
+    plain = {**infer_body(x.ravel().tolist(), list(x.shape)), "parameters": {"alpha": 0.2}}
+    names = [
+        o["name"] for o in v2_post(server, "/v2/models/digits-mlp/infer", plain).json()["outputs"]
+    ]
+    assert "outlier_fdr" not in names and "outlier" in names

@@ -67,7 +67,7 @@ def test_index_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_source_date_epoch_sets_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _write(tmp_path / "emb.npz", n=60)
+    data = _write(tmp_path / "emb.npz", n=200)  # 30 calibration rows: alpha 0.05 needs 19
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
     manifest = index_embeddings(data, tmp_path / "repo", "enc", device="cpu")
     assert manifest.created == "1970-01-02T00:00:00Z"
@@ -91,3 +91,32 @@ def test_index_refuses_bad_files(tmp_path: Path) -> None:
         index_embeddings(data, tmp_path / "repo", "m", layer="bad name!", device="cpu")
     with pytest.raises(InputError, match="temperature rule"):
         index_embeddings(data, tmp_path / "repo", "m", temperature_rule="hot", device="cpu")
+
+
+def test_index_refuses_a_default_rule_its_calibration_cannot_support(tmp_path: Path) -> None:
+    data = _write(tmp_path / "emb.npz", n=60)  # 10 calibration rows: alpha 0.05 needs 19
+    with pytest.raises(InputError, match=r"alpha=0.05 .* n_cal=10 "):
+        index_embeddings(data, tmp_path / "repo", "enc", device="cpu")
+    with pytest.raises(InputError, match=r"guarantee='pac', but n_cal="):
+        index_embeddings(data, tmp_path / "repo", "enc", alpha=0.2, guarantee="pac", device="cpu")
+
+
+def test_index_with_a_held_out_calibration_file_and_a_capped_size(tmp_path: Path) -> None:
+    data = _write(tmp_path / "emb.npz", n=300)
+    held_out = _write(tmp_path / "cal.npz", n=500, seed=1)
+    manifest = index_embeddings(
+        data,
+        tmp_path / "repo",
+        "enc",
+        calibration=held_out,
+        calibration_size=120,
+        guarantee="class",
+        alpha=0.2,  # overlapping classes: some predicted classes get few calibration rows
+        device="cpu",
+    )
+    assert manifest.layers[0].reference_size == 300 and manifest.calibration_size == 120
+    assert manifest.guarantee == "class" and manifest.provenance["calibration"] == "cal.npz"
+    det = Detector.load(tmp_path / "repo", "enc", device="cpu")
+    assert det.calibration is not None and min(det.calibration.class_sizes(3)) >= 4
+    result = det.score_embeddings({"embedding": np.load(held_out)["x"][:50]})
+    assert result.guarantee == "class" and result.marginal_p_value is not None

@@ -21,7 +21,7 @@ from snnl.model.detector import Detector
 from snnl.model.manifest import CALIBRATION_FILE, MANIFEST_FILE, REFERENCE_FILE
 from snnl.model.store import sha256
 from snnl.scoring.batch import CheckedFeatures, row_chunks
-from snnl.scoring.conformal import Calibration, flag
+from snnl.scoring.conformal import Calibration
 from snnl.scoring.results import ScoreResult
 from snnl.training.loop import load_run
 from tests.snnl._conformal import expected_flag_rate
@@ -147,7 +147,7 @@ def test_flag_rate_on_in_distribution_data_is_calibrated(embedding_repo: Path) -
     for _ in range(repeats):
         order = rng.permutation(len(x))
         calibration = Calibration.fit(det.layers, log_s[order[:n]], a[order[:n]])
-        rates.append(flag(calibration.p_value(a[order[n:]]), alpha).mean())
+        rates.append((calibration.p_value(a[order[n:]]) < alpha).mean())
     expected = expected_flag_rate(n, alpha)
     sd = math.sqrt(expected * (1 - expected) * (1 / (n + 2) + 1 / (len(x) - n)) / repeats)
     assert abs(np.mean(rates) - expected) < 5 * sd, (np.mean(rates), expected, sd)
@@ -353,3 +353,38 @@ def test_with_features_returns_the_forward_pass_that_was_scored(
     assert emb.score_embeddings(e).to_records() == scored.to_records()  # the documented alias
     with pytest.raises(InputError, match="has a network: send inputs"):
         det.score(checked)
+
+
+def test_guarantee_options_fdr_and_refusals(embedding_repo: Path) -> None:
+    det = Detector.load(embedding_repo, "emb", device="cpu")
+    assert det.manifest.guarantee == "marginal" and det.manifest.delta is None
+    assert det.calibration is not None and det.calibration.predicted is not None
+    n = det.calibration.size
+    x, _ = _clusters(300, seed=11)
+    x[:30] *= 6.0  # far from every class: outliers
+    default = det.score_embeddings({"embedding": x})
+    assert default.guarantee == "marginal" and default.outlier_fdr is None
+    np.testing.assert_array_equal(default.marginal_p_value, default.p_value)
+    np.testing.assert_array_equal(default.outlier, default.p_value < default.alpha)
+    assert "outlier_fdr" not in default.to_records()[0]
+    pac = det.score_embeddings({"embedding": x}, guarantee="pac", alpha=0.2, delta=0.2)
+    assert pac.guarantee == "pac" and pac.delta == 0.2
+    assert pac.outlier.sum() <= det.score_embeddings({"embedding": x}, alpha=0.2).outlier.sum()
+    by_class = det.score_embeddings({"embedding": x}, guarantee="class", alpha=0.2)
+    np.testing.assert_array_equal(by_class.marginal_p_value, default.p_value)
+    assert not np.array_equal(by_class.p_value, default.p_value)
+    # BH runs once over the whole batch, also when it is scored in chunks.
+    # (n_cal = 60: the smallest p-value is 1/61, so the batch must be short for BH to reject.)
+    whole = det.score_embeddings({"embedding": x[:60]}, fdr=0.2)
+    chunked = det.score_embeddings({"embedding": x[:60]}, fdr=0.2, batch_size=7)
+    assert whole.outlier_fdr is not None and whole.outlier_fdr[:30].mean() > 0.5
+    np.testing.assert_array_equal(chunked.outlier_fdr, whole.outlier_fdr)
+    assert whole.to_records()[0]["outlier_fdr"] == bool(whole.outlier_fdr[0])
+    with pytest.raises(InputError, match=rf"alpha=0.001 .* n_cal={n}"):
+        det.score_embeddings({"embedding": x}, alpha=0.001)
+    with pytest.raises(InputError, match=rf"guarantee='pac', but n_cal={n}"):
+        det.score_embeddings({"embedding": x}, guarantee="pac", alpha=0.01)
+    with pytest.raises(InputError, match="guarantee must be one of"):
+        det.score_embeddings({"embedding": x}, guarantee="conditional")
+    with pytest.raises(InputError, match=rf"fdr=0.001 .* n_cal={n}"):
+        det.score_embeddings({"embedding": x}, fdr=0.001)

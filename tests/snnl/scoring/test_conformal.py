@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from snnl.errors import RepositoryError
-from snnl.scoring.conformal import Calibration, flag
+from snnl.errors import InputError, RepositoryError
+from snnl.scoring.conformal import Calibration
+from snnl.scoring.guarantees import FlagRule
 from snnl.scoring.nonconformity import neg_log_score
 from tests.snnl._conformal import expected_flag_rate
 
@@ -43,8 +44,36 @@ def test_p_values_match_brute_force_counts_with_ties() -> None:
     assert np.all(np.diff(calibration.nonconformity) >= 0)
 
 
-def test_flag_is_strictly_below_alpha() -> None:
-    np.testing.assert_array_equal(flag(np.array([0.04, 0.05, 0.06]), 0.05), [True, False, False])
+def flag(calibration: Calibration, a: np.ndarray, alpha: float) -> np.ndarray:
+    """The marginal rule's flag of nonconformities ``a``."""
+    return calibration.decide(FlagRule("marginal", alpha), a, np.zeros(len(a), np.int64)).outlier
+
+
+def test_marginal_flag_is_p_strictly_below_alpha() -> None:
+    calibration = Calibration.fit(["x"], np.log(np.linspace(0.01, 1, 99))[:, None])
+    a = np.random.default_rng(4).uniform(0, 5, size=500)
+    for alpha in (0.02, 0.05, 0.1, 0.5):
+        np.testing.assert_array_equal(flag(calibration, a, alpha), calibration.p_value(a) < alpha)
+
+
+def test_predicted_classes_round_trip_aligned_with_the_sorted_nonconformity() -> None:
+    rng = np.random.default_rng(5)
+    log_s = np.log(rng.uniform(size=(50, 1)))
+    predicted = rng.integers(0, 3, size=50)
+    calibration = Calibration.fit(["x"], log_s, predicted=predicted)
+    a = neg_log_score(log_s)
+    order = np.argsort(a, kind="stable")
+    np.testing.assert_array_equal(calibration.predicted, predicted[order])
+    loaded = Calibration.from_bytes(calibration.to_bytes(), ["x"], "cal.safetensors")
+    np.testing.assert_array_equal(loaded.predicted, predicted[order])
+    for c in range(3):
+        np.testing.assert_array_equal(loaded.conformal.by_class[c], np.sort(a[predicted == c]))
+    assert loaded.class_sizes(3) == np.bincount(predicted, minlength=3).tolist()
+    # A file without it (exported before) loads, and refuses guarantee "class".
+    old = Calibration.from_bytes(Calibration.fit(["x"], log_s).to_bytes(), ["x"], "old")
+    assert old.predicted is None
+    with pytest.raises(InputError, match="export it again"):
+        old.check(FlagRule("class", 0.1), classes=3)
 
 
 def test_flag_rate_is_calibrated_over_many_resplits() -> None:
@@ -59,7 +88,7 @@ def test_flag_rate_is_calibrated_over_many_resplits() -> None:
         # Any continuous score distribution works; a heavy tail stresses the sorting.
         log_s = -(rng.standard_exponential(size=(n + m, 3)) ** 2)
         calibration = Calibration.fit(["a", "b", "c"], log_s[:n])
-        rates[r] = flag(calibration.p_value(neg_log_score(log_s[n:])), alpha).mean()
+        rates[r] = flag(calibration, neg_log_score(log_s[n:]), alpha).mean()
     expected = expected_flag_rate(n, alpha)
     per_split_var = expected * (1 - expected) * (1 / (n + 2) + 1 / m)
     tolerance = 5 * math.sqrt(per_split_var / repeats)
@@ -83,12 +112,21 @@ def test_summary_threshold_agrees_with_the_p_value() -> None:
     rng = np.random.default_rng(3)
     calibration = Calibration.fit(["x"], np.log(rng.uniform(size=(99, 1))))
     for alpha in (0.02, 0.05, 0.1, 0.5):
-        summary = calibration.summary(alpha)
+        summary = calibration.summary(FlagRule("marginal", alpha), classes=1)
         threshold = summary["flag_threshold"]
         assert isinstance(threshold, float)
         above, at = np.nextafter(threshold, np.inf), threshold
-        assert flag(calibration.p_value(np.array([above])), alpha)[0]
-        assert not flag(calibration.p_value(np.array([at])), alpha)[0]
-    assert calibration.summary(0.005)["flag_threshold"] is None  # p >= 1/(n+1) > alpha always
-    summary = calibration.summary(0.05)
+        assert flag(calibration, np.array([above]), alpha)[0]
+        assert not flag(calibration, np.array([at]), alpha)[0]
+    assert (
+        calibration.summary(FlagRule("marginal", 0.005), 1)["flag_threshold"] is None
+    )  # p >= 1/(n+1) > alpha always
+    summary = calibration.summary(FlagRule("marginal", 0.05), 1)
+    assert summary["guarantee"] == "marginal" and summary["class_sizes"] == []
+    # pac: the threshold sits at its (fewer) flag slots.
+    pac = calibration.summary(FlagRule("pac", 0.1, 0.2), 1)["flag_threshold"]
+    assert (
+        isinstance(pac, float)
+        and pac > calibration.summary(FlagRule("marginal", 0.1), 1)["flag_threshold"]
+    )  # type: ignore[operator]
     assert summary["size"] == 99 and set(summary["layers"]) == {"x"}  # type: ignore[arg-type]
