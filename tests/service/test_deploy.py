@@ -316,7 +316,7 @@ def test_a_real_prometheus_scrapes_the_service(server: Server, prometheus: str) 
         assert query(prometheus, f'{name}{{model="digits-mlp"}}'), name
 
     # The drift alert's series, with the labels it groups by: one statistic per served layer and
-    # one for the model's p-value (tests/service/test_drift.py makes the alert fire).
+    # one for the model's p-value (tests/service/test_drift_monitoring.py makes the alert fire).
     def layers(name: str) -> set[str]:
         found = query(prometheus, f'{name}{{model="digits-mlp", job="snnl"}}')
         return {str(r["metric"]["layer"]) for r in found}  # type: ignore[index]
