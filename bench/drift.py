@@ -1,4 +1,4 @@
-"""Drift monitor benchmark (issue 16): false alarms on in-distribution streams and detection delays
+"""Drift monitor benchmark: false alarms on in-distribution streams and detection delays
 on real MNIST data, with the statistic plotted over time.
 
     python -m bench.drift            # the committed table: bench/results/drift.{md,json,png}

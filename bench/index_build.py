@@ -1,4 +1,4 @@
-"""``snnl index`` at scale (issue 17): build time and peak memory at N = 100k, 1M, 10M rows.
+"""``snnl index`` at scale: build time and peak memory at N = 100k, 1M, 10M rows.
 
     python -m bench.index_build                      # 100k and 1M: bench/results/index_build.md
     python -m bench.index_build --sizes 10000000     # 10M x 128 (5 GB of data on disk)

@@ -1,4 +1,4 @@
-"""OOD study (issue 3, item 8): the soft-neighbor detector against MSP, energy, Mahalanobis, KNN.
+"""OOD study: the soft-neighbor detector against MSP, energy, Mahalanobis, KNN.
 
 For digits (MLP) and mnist1d (1-D CNN), trained on classes 0-4 with SNNL factor 0, -10 and +1:
 train -> export (the product's defaults) -> evaluate on the run's test split (ID) against six OOD
