@@ -237,11 +237,11 @@ DRIFT_RESPONSE: dict[str, Any] = {
         },
         "fc3": {
             "samples": 30,
-            "statistic": 2.9055733922499143,
+            "statistic": 2.446181847906554,
             "threshold": 6.0,
             "alarms": 0,
             "last_alarm": None,
-            "change_point": 11,
+            "change_point": 10,
         },
     },
 }

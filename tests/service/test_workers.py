@@ -97,16 +97,23 @@ def test_every_worker_is_ready_and_serves(server: Server) -> None:
 
 def test_metrics_add_up_over_workers(server: Server) -> None:
     before = metrics(server)
-    answers = per_worker(server, lambda c: c.post(SCORE, json=blobs(3), headers=HEADERS))
-    sent = 3 * len(answers)
+    first: list[httpx.Response] = []  # every request per_worker sends, also the ones it drops
+
+    def score_three(client: httpx.Client) -> httpx.Response:
+        first.append(client.post(SCORE, json=blobs(3), headers=HEADERS))
+        return first[-1]
+
+    answers = per_worker(server, score_three)
+    sent = 3 * len(first)
     # more requests through both workers: every sample counts once, whichever worker scored it
     with ThreadPoolExecutor(4) as pool:
         extra = list(pool.map(lambda _: httpx.post(
             f"{server.url}{SCORE}", json=blobs(5), headers=HEADERS, timeout=60
         ), range(8)))  # fmt: skip
-    assert all(r.status_code == 200 for r in [*answers, *extra])
+    assert len(answers) == WORKERS
+    assert all(r.status_code == 200 for r in [*first, *extra])
     sent += 5 * len(extra)
-    outliers = sum(r["outlier"] for a in [*answers, *extra] for r in a.json()["results"])
+    outliers = sum(r["outlier"] for a in [*first, *extra] for r in a.json()["results"])
     after = metrics(server)
     model = frozenset({("model", "blobs")})
 

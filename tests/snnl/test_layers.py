@@ -1,7 +1,8 @@
 """The packages of snnl depend on each other in one direction only (read from the source with
 ``ast``, every import counted, also those inside functions and under TYPE_CHECKING):
 
-    errors -> core, client -> training, scoring -> model -> build, evaluation, sharding -> cli
+    errors -> core, client -> training, scoring, monitoring -> model -> build, evaluation, sharding
+    -> cli
 
 A package imports only packages of a lower layer: never one of its own layer, never one above it
 (so sharding builds a Detector around its scorer, and model never imports sharding). The library
@@ -24,6 +25,7 @@ LAYERS: dict[str, int] = {
     "client": 1,
     "training": 2,
     "scoring": 2,
+    "monitoring": 2,
     "model": 3,
     "build": 4,
     "evaluation": 4,
