@@ -82,7 +82,7 @@ def test_sigterm_under_load_drains_finishes_every_accepted_request_and_exits_0(
     # was never accepted, and it can only have been sent after SIGTERM.
     received = [
         line
-        for line in map(json.loads, log.read_text().splitlines())
+        for line in map(json.loads, (t for t in log.read_text().splitlines() if t.startswith("{")))
         if line.get("message") == "request" and line.get("endpoint") == "score"
     ]
     assert all(line["status"] == 200 for line in received), received

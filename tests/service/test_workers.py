@@ -7,6 +7,7 @@ prefix); ``per_worker`` sends fresh connections until both workers have answered
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -169,6 +170,7 @@ def test_a_reload_request_to_one_worker_reloads_every_worker(server: Server, mod
 
 def test_sigterm_drains_every_worker_and_exits_0(repository: Path, tmp_path: Path) -> None:
     answers: list[int] = []
+    resets: list[float] = []
     with start_server(
         repository, tmp_path / "log", workers=str(WORKERS), shutdown_drain_s="5",
         warmup_iterations="1", max_batch_wait_ms="100",
@@ -185,20 +187,34 @@ def test_sigterm_drains_every_worker_and_exits_0(repository: Path, tmp_path: Pat
                         answers.append(http.post(SCORE, json=body).status_code)
                     except httpx.ConnectError:
                         return
+                    except httpx.TransportError:  # queued in the kernel when the socket closed
+                        resets.append(time.monotonic())
+                        return
 
         with ThreadPoolExecutor(4) as pool:
             running = [pool.submit(client) for _ in range(4)]
             until(lambda: len(answers) >= 8, "load")
+            terminated = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             # during the drain, every worker answers 503 (each got SIGTERM from the parent)
             until(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, "503", 10)
             ready = [a.status_code for a in per_worker(server, lambda c: c.get("/readyz"))]
             assert server.process.wait(60) == 0, server.log.read_text()[-3000:]
             for future in running:
-                future.result()  # no client saw anything but answers, then a refused connect
+                future.result()  # no client saw anything but answers, then the end
     assert set(ready) == {503}
     assert set(answers) == {200}
     log = server.log.read_text()
+    # Every score request a worker read was answered to its client: the workers' request log has
+    # one line per request read. A connection still queued in the kernel when a listening socket
+    # closes is reset unread; that can only happen after SIGTERM.
+    received = [
+        line
+        for line in map(json.loads, (t for t in log.splitlines() if t.startswith("{")))
+        if line.get("message") == "request" and line.get("endpoint") == "score"
+    ]
+    assert len(received) == len(answers), (len(received), len(answers), len(resets))
+    assert all(reset > terminated for reset in resets)
     assert log.count("shutting down: readiness now 503") == WORKERS
     assert log.count("Finished server process") == WORKERS
     assert not run_dir.exists()  # the parent removed its folder
