@@ -8,7 +8,8 @@ the served detector and the baselines on "validation split of the 5 classes" vs 
 known class" (official train images of that class, never trained on by that fold's model).
 
 Settings compared: the SNNL factor (0 = plain cross-entropy, +1 = cosine SNNL on every hidden
-layer) and the served layers (fc1; conv2 + fc1; conv1 + conv2 + fc1).
+layer), the served layers (fc1; conv2 + fc1; conv1 + conv2 + fc1), the epochs (validation
+accuracy is recorded after each) and the net's widths (``--net-kwargs``).
 
     .venv/bin/python -m bench.mnist_selection --json bench/results/mnist_selection.json
 
@@ -50,13 +51,14 @@ def fold(
     work: Path,
     limit: int,
     layer_sets: dict[str, list[str]],
+    net_kwargs: dict[str, object],
 ) -> list[dict[str, object]]:
     """Train on ``known`` minus ``held_out``; evaluate each layer set against the held-out class."""
     x, y = load_mnist("train")
     classes = [c for c in known if c != held_out]
     settings = TrainSettings(
         dataset=str(train_file), classes=classes, arch="cnn2d", factor=factor, epochs=epochs,
-        seed=0, calibration_fraction=0.05, test_fraction=0.1,
+        seed=0, calibration_fraction=0.05, test_fraction=0.1, net_kwargs=net_kwargs,
     )  # fmt: skip
     start = time.perf_counter()
     result = train(settings, work / "run")
@@ -76,6 +78,8 @@ def fold(
             {
                 "held_out": held_out,
                 "factor": factor,
+                "net_kwargs": net_kwargs,
+                "epochs": epochs,
                 "layers": name,
                 "val_accuracy": result.history[-1].test_accuracy,
                 "val_accuracy_per_epoch": [r.test_accuracy for r in result.history],
@@ -105,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--factors", default="0,1")
     parser.add_argument("--limit", type=int, default=1000, help="ID / OOD samples per fold")
+    parser.add_argument(
+        "--net-kwargs",
+        type=json.loads,
+        default={},
+        help='cnn2d widths, e.g. {"channels": [32, 64]}',
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -121,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             for factor in (float(f) for f in args.factors.split(",")):
                 work = Path(tmp) / f"{held_out}_{factor}"
                 rows += fold(
-                    train_file, known, held_out, factor, args.epochs, work, args.limit, chosen
-                )
+                    train_file, known, held_out, factor, args.epochs, work, args.limit, chosen,
+                    args.net_kwargs,
+                )  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"known": known, "rows": rows}, indent=1) + "\n")

@@ -60,9 +60,22 @@ def _subset(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 
 def run_split(
-    seed: int, work: Path, *, epochs: int, factor: float, layers: tuple[str, ...], quick: bool
+    split: int,
+    data: Path,
+    work: Path,
+    *,
+    layers: tuple[str, ...],
+    quick: bool,
+    seed: int | None = None,
+    **train_options: Any,
 ) -> dict[str, Any]:
-    """Train, export and evaluate split ``seed``; its metrics and timings."""
+    """Train, export and evaluate split ``split``; its metrics, timings and training record.
+
+    ``data``: the MNIST training images as an .npz (x, y). ``seed`` seeds the training (its
+    train/calibration/validation split, init and batches; default: ``split``);
+    ``train_options`` are further ``TrainSettings`` (factor, epochs, ...). Runs and models go
+    under ``work``, named by split and seed.
+    """
     from snnl.build.from_run import export_run
     from snnl.evaluation.benchmark import evaluate
     from snnl.evaluation.ood_sets import transform, uniform_noise
@@ -71,17 +84,18 @@ def run_split(
     from snnl.training.data import load_fashion_mnist, load_mnist
     from snnl.training.loop import TrainSettings, train
 
-    known = known_classes(seed)
+    known = known_classes(split)
+    seed = split if seed is None else seed
     settings = TrainSettings(
-        dataset=str(work / "mnist_train.npz"), classes=known, arch="cnn2d", factor=factor,
-        epochs=epochs, seed=seed, calibration_fraction=0.05, test_fraction=0.05,
+        dataset=str(data), classes=known, arch="cnn2d", seed=seed,
+        calibration_fraction=0.05, test_fraction=0.05, **train_options,
     )  # fmt: skip
+    name = f"mnist-split{split}-seed{seed}"
     start = time.perf_counter()
-    result = train(settings, work / f"run{seed}")
+    result = train(settings, work / name)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    name = f"mnist-split{seed}"
-    export_run(work / f"run{seed}", work / "models", name, layers=list(layers), created=CREATED)
+    export_run(work / name, work / "models", name, layers=list(layers), created=CREATED)
     export_s = time.perf_counter() - start
 
     test_x, test_y = load_mnist("test")
@@ -89,27 +103,32 @@ def run_split(
     id_x = test_x[is_known].astype(np.float32)
     id_y = np.searchsorted(np.asarray(known), test_y[is_known])
     limit = 1000 if quick else None
-    id_x, id_y = _subset(id_x, limit, seed), _subset(id_y, limit, seed)
+    id_x, id_y = _subset(id_x, limit, split), _subset(id_y, limit, split)
     fashion = load_fashion_mnist("test")[0].astype(np.float32)
     far_limits = {k: (min(v, 500) if quick else v) for k, v in FAR_LIMITS.items()}
     ood = {
-        "held_out_classes": _subset(test_x[~is_known].astype(np.float32), limit, seed),
-        "fashion_mnist": _subset(fashion, far_limits["fashion_mnist"], seed),
-        "noise": uniform_noise(id_x, far_limits["noise"], seed),
-        "inverted": _subset(transform(id_x, "invert"), far_limits["inverted"], seed),
-        "permuted": _subset(transform(id_x, "permute", seed), far_limits["permuted"], seed),
+        "held_out_classes": _subset(test_x[~is_known].astype(np.float32), limit, split),
+        "fashion_mnist": _subset(fashion, far_limits["fashion_mnist"], split),
+        "noise": uniform_noise(id_x, far_limits["noise"], split),
+        "inverted": _subset(transform(id_x, "invert"), far_limits["inverted"], split),
+        "permuted": _subset(transform(id_x, "permute", split), far_limits["permuted"], split),
     }
     groups = {stem: ("near" if stem == "held_out_classes" else "far") for stem in ood}
     det = Detector.load(work / "models", name, device="cpu")
     start = time.perf_counter()
     evaluation = evaluate(det, id_x, id_y, ood, groups=groups)
     evaluate_s = time.perf_counter() - start
-    write_report(evaluation, work / f"report{seed}")
+    write_report(evaluation, work / f"report-{name}")
+    last = result.history[-1]
     return {
-        "seed": seed,
+        "seed": split,
+        "training_seed": seed,
         "known": known,
         "unknown": [c for c in range(10) if c not in known],
-        "validation_accuracy": result.history[-1].test_accuracy,
+        "validation_accuracy": last.test_accuracy,
+        "train_accuracy": last.train_accuracy,
+        "entanglement": last.entanglement,
+        "temperature": last.temperature,
         "accuracy": evaluation.accuracy,
         "flag_false_positive_rate": evaluation.flag_false_positive_rate,
         "sizes": evaluation.sizes,
@@ -211,7 +230,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"Command: `{results['command']}`{' (quick run)' if cfg['quick'] else ''}. "
             f"{len(splits)} splits (known classes by seed: {known}).",
             "",
-            f"Recipe (chosen on in-distribution data only, docs/experiments/mnist.md): cnn2d, "
+            f"Recipe (chosen on in-distribution data only, docs/experiments/mnist.md): cnn2d"
+            f"{' ' + json.dumps(cfg['net_kwargs']) if cfg.get('net_kwargs') else ''}, "
             f"SNNL factor {cfg['factor']:g} (cosine, learned temperature, every hidden layer), "
             f"{cfg['epochs']} epochs on the known classes' official training images (90% "
             f"training / 5% calibration / 5% validation), served layers "
@@ -246,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS} (quick: 1)")
     parser.add_argument("--factor", type=float, default=FACTOR)
     parser.add_argument("--layers", default=",".join(LAYERS), help="served layers")
+    parser.add_argument(
+        "--net-kwargs",
+        type=json.loads,
+        default={},
+        help='cnn2d widths, e.g. {"channels": [32, 64]}',
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, help="keep runs, models and reports here")
     parser.add_argument("--threads", type=int, default=1)
@@ -258,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = tuple(args.layers.split(","))
     config = {
         "splits": splits, "epochs": epochs, "factor": args.factor, "layers": list(layers),
-        "quick": args.quick, "threads": args.threads,
+        "net_kwargs": args.net_kwargs, "quick": args.quick, "threads": args.threads,
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
@@ -274,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         del x, y
         for seed in range(splits):
             split = run_split(
-                seed, work, epochs=epochs, factor=args.factor, layers=layers, quick=args.quick
-            )
+                seed, work / "mnist_train.npz", work, layers=layers, quick=args.quick,
+                epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
+            )  # fmt: skip
             results["splits"].append(split)
             near = split["ood"]["held_out_classes"]["soft_neighbor"]
             print(

@@ -89,6 +89,12 @@ def add_parser(subparsers: Any) -> None:
         help="the loss's T: learned, annealed or a fixed positive number",
     )
     parser.add_argument(
+        "--initial-temperature",
+        type=float,
+        default=1.0,
+        help="where a learned T starts (e.g. 100 for squared-euclidean distances of raw features)",
+    )
+    parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="distance inside the SNNL"
     )
     parser.add_argument("--epochs", type=int, default=30, help="passes over the training split")
@@ -129,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             seed=args.seed,
             factor=args.factor,
             temperature=args.temperature,
+            initial_temperature=args.initial_temperature,
             distance=args.distance,
             epochs=args.epochs,
             batch_size=args.batch_size,

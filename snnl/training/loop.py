@@ -208,6 +208,7 @@ def train(
         factor=settings.factor,
         temperature=settings.temperature,
         distance=settings.distance,
+        initial_temperature=settings.initial_temperature,
     ) as criterion:
         groups: list[dict[str, Any]] = [
             {"params": list(net.parameters())},

@@ -42,6 +42,7 @@ class TrainSettings(BaseModel):
     """What a user chooses for a training run (the options of ``snnl train``).
 
     ``snnl_layers``: the submodules whose SNNL enters the loss (None: all hidden layers).
+    ``initial_temperature``: where a learned temperature starts (unused by the other modes).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +55,7 @@ class TrainSettings(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy/scikit-learn seed range
     factor: float = Field(default=DEFAULT_FACTOR, allow_inf_nan=False)
     temperature: TemperatureSetting = DEFAULT_TEMPERATURE
+    initial_temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     distance: Literal["cosine", "euclidean"] = "cosine"
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=2)

@@ -121,6 +121,8 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str)
         (["--seed", "-3"], "--seed"),
         (["--batch-size", "-5"], "--batch-size"),
         (["--temperature", "0"], "--temperature"),
+        (["--initial-temperature", "0"], "--initial-temperature"),
+        (["--initial-temperature", "inf"], "--initial-temperature"),
         (["--batch-size", "1"], "--batch-size"),
         (["--lr", "0"], "--lr"),
         (["--factor", "nan"], "--factor"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -133,6 +134,15 @@ def test_snnl_layers_choose_the_regularized_layers() -> None:
     assert result.run.config.snnl_layers == ["fc2"]
     with pytest.raises(InputError, match="'fc9' is not a layer"):
         train(small(snnl_layers=["fc9"]))
+
+
+def test_learned_temperature_starts_at_the_initial_temperature() -> None:
+    """A learned T starts where the settings say: after one digits epoch (9 Adam steps of 0.05 on
+    log(1/T)) it is within a factor e^0.45 of its start, whether that is 1 or 100."""
+    for start in (1.0, 100.0):
+        record = train(small(epochs=1, initial_temperature=start)).history[0]
+        for value in record.temperature.values():
+            assert start * math.exp(-0.5) < value < start * math.exp(0.5)
 
 
 def test_load_run_errors(digits_run_dir: Path, tmp_path: Path) -> None:
