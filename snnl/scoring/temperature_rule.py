@@ -128,7 +128,7 @@ def perplexity_temperature(
         """mean_i H_i(T) - log P, with H_i = logsumexp_j(z_ij) - sum_j p_ij z_ij, z = -D / T."""
         z = d / -math.exp(log_t)
         lse = z.logsumexp(1, keepdim=True)
-        entropy = lse[:, 0] - ((z - lse).exp() * z).sum(1)
+        entropy = lse[:, 0] - (z - lse).exp_().mul_(z).sum(1)
         return float(entropy.mean()) - target
 
     low, high = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])
