@@ -9,8 +9,11 @@ memory-maps it instead of reading it), then ``snnl index`` runs in a child proce
 defaults (calibration size 3,205 stratified, neighbor-mass nonconformity, cosine, float32
 reference, CPU). Reported: wall time of the child, and its peak resident memory (``ru_maxrss``
 from ``os.wait4``; file-backed pages of the memory-mapped data count when touched). The build
-scores n_cal calibration rows against N reference rows, O(n_cal N), and holds the reference
-rows in label order once plus its serialized bytes (about 2 x N x d x 4 bytes).
+scores n_cal calibration rows against N reference rows, O(n_cal N). Its memory is about
+2 x N x d x 4 bytes: while the rows are copied out of the map, the touched map and the
+label-ordered copy; after, that copy and the scorer's unit-normalized rows. The temperature
+rule and the neighbor-mass fit work on bounded blocks of rows, and reference.safetensors is
+written from the tensors.
 """
 
 from __future__ import annotations

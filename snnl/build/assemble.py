@@ -2,8 +2,9 @@
 
 Shared by ``snnl export`` (a trained network) and ``snnl index`` (embeddings a user brings):
 
-1. the reference set is serialized at the requested dtype and read back, so everything below
-   sees exactly the values that will be served (float16 rounding included);
+1. the reference set is converted to the requested storage dtype (``ReferenceSet.stored_as``),
+   so everything below sees exactly the values that will be served (float16 rounding included);
+   the file is written from these tensors (no in-memory copy of it);
 2. each layer's temperature is chosen from the reference set alone
    (snnl.scoring.temperature_rule), and so are the terms of the neighbor-mass nonconformity
    (snnl.scoring.neighbor_mass), the default kind;
@@ -45,7 +46,7 @@ from snnl.model.manifest import (
 )
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.runtime import OnnxRunner, resolve_device
-from snnl.model.store import write_model
+from snnl.model.store import FileWriter, write_model
 from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
 from snnl.scoring.conformal import Calibration
 from snnl.scoring.guarantees import FlagRule, Guarantee
@@ -213,8 +214,10 @@ def build_model(
             f"got {recipe.nonconformity!r}"
         )
     target = resolve_device(device)
-    reference_bytes = reference.to_bytes(recipe.reference_dtype)
-    served = ReferenceSet.from_bytes(reference_bytes, reference.layers, device=target)
+    stored = reference.stored_as(recipe.reference_dtype)
+    served = ReferenceSet(
+        {name: x.to(target) for name, x in stored.features.items()}, stored.labels.to(target)
+    )
     calibration_batch = (
         check_embeddings(calibration_inputs, served.dims())
         if recipe.input_shape is None
@@ -241,7 +244,10 @@ def build_model(
             "accuracy": float(np.mean(result.prediction == test[1])),
             "flag_rate": float(np.mean(result.outlier)),
         }
-    files = {REFERENCE_FILE: reference_bytes, CALIBRATION_FILE: calibration.to_bytes()}
+    files: dict[str, bytes | FileWriter] = {
+        REFERENCE_FILE: stored.save,
+        CALIBRATION_FILE: calibration.to_bytes(),
+    }
     if onnx_model is not None:
         files[ONNX_FILE] = onnx_model
     return write_model(repository, manifest, files)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,46 +124,24 @@ def index_embeddings(
 ) -> Manifest:
     """Build ``repository/<name>`` from the embeddings file ``data`` (and the held-out
     ``calibration`` file, if given); returns its manifest."""
-    data = Path(data)
-    x, y = read_embeddings(data)
-    if x.ndim != 2:
-        raise InputError(f"{data}: 'x' must be embeddings (N, d), got shape {x.shape}")
     if not 0.0 < calibration_fraction < 1.0:
         raise InputError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
     if calibration_size < 1:
         raise InputError(f"calibration_size must be >= 1, got {calibration_size}")
-    classes, labels = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise InputError(f"{data}: 'y' must hold at least 2 classes, got {classes.tolist()}")
-    floor = class_floor(alpha)
-    provenance: dict[str, object] = {"source": data.name, "source_sha256": _sha256(data)}
-    if calibration is None:
-        size = min(calibration_size, round(calibration_fraction * len(labels)))
-        held_out = stratified_rows(
-            labels, size, floor=floor, max_fraction=calibration_fraction, seed=seed
-        )
-        if held_out.size == 0:
-            raise InputError(f"{data}: too few rows to hold out a calibration set")
-        x_cal, reference_rows = x[held_out], np.setdiff1d(np.arange(len(labels)), held_out)
-        provenance |= {"calibration_fraction": calibration_fraction}
-    else:
-        calibration = Path(calibration)
-        x_file, y_file = read_embeddings(calibration)
-        if x_file.ndim != 2 or x_file.shape[1] != x.shape[1]:
-            raise InputError(f"{calibration}: 'x' must be (n, {x.shape[1]}), got {x_file.shape}")
-        index = {int(c): k for k, c in enumerate(classes)}
-        unknown = sorted(set(np.unique(y_file).tolist()) - set(index))
-        if unknown:
-            raise InputError(f"{calibration}: labels {unknown[:5]} are not classes of {data}")
-        y_cal = np.array([index[int(c)] for c in y_file], dtype=np.int64)
-        chosen = stratified_rows(y_cal, calibration_size, floor=floor, max_fraction=1.0, seed=seed)
-        x_cal, reference_rows = x_file[chosen], None
-        provenance |= {"calibration": calibration.name, "calibration_sha256": _sha256(calibration)}
+    split = _split(
+        Path(data),
+        None if calibration is None else Path(calibration),
+        layer=layer,
+        size=calibration_size,
+        fraction=calibration_fraction,
+        floor=class_floor(alpha),
+        seed=seed,
+    )
     recipe = ModelRecipe(
         name=name,
         version=version,
         created=created,
-        class_names=[str(c) for c in classes],
+        class_names=split.class_names,
         distance=distance,
         temperature_rule=temperature_rule,
         nonconformity=nonconformity,
@@ -171,13 +150,71 @@ def index_embeddings(
         alpha=alpha,
         guarantee=guarantee,
         delta=delta,
-        provenance={**provenance, "calibration_size": int(x_cal.shape[0]), "seed": seed},
+        provenance={**split.provenance, "seed": seed},
     )
     return build_model(
         repository,
         recipe,
-        reference=ReferenceSet.from_arrays({layer: x}, labels, rows=reference_rows),
-        calibration_inputs={layer: np.asarray(x_cal, dtype=np.float32)},
+        reference=split.reference,
+        calibration_inputs={layer: split.x_cal},
         device=device,
         seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The reference set (label-ordered copy of its rows), the calibration rows (n, d) float32,
+    the class names and the provenance of both."""
+
+    reference: ReferenceSet
+    x_cal: np.ndarray
+    class_names: list[str]
+    provenance: dict[str, object]
+
+
+def _split(
+    data: Path,
+    calibration: Path | None,
+    *,
+    layer: str,
+    size: int,
+    fraction: float,
+    floor: int,
+    seed: int,
+) -> _Split:
+    """The reference and calibration rows of ``data`` (and ``calibration``), copied out of the
+    files' memory maps, which are closed when this returns: the build never holds a map and its
+    copy at once after this."""
+    x, y = read_embeddings(data)
+    if x.ndim != 2:
+        raise InputError(f"{data}: 'x' must be embeddings (N, d), got shape {x.shape}")
+    classes, labels = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise InputError(f"{data}: 'y' must hold at least 2 classes, got {classes.tolist()}")
+    provenance: dict[str, object] = {"source": data.name, "source_sha256": _sha256(data)}
+    if calibration is None:
+        count = min(size, round(fraction * len(labels)))
+        held_out = stratified_rows(labels, count, floor=floor, max_fraction=fraction, seed=seed)
+        if held_out.size == 0:
+            raise InputError(f"{data}: too few rows to hold out a calibration set")
+        x_cal, reference_rows = x[held_out], np.setdiff1d(np.arange(len(labels)), held_out)
+        provenance |= {"calibration_fraction": fraction}
+    else:
+        x_file, y_file = read_embeddings(calibration)
+        if x_file.ndim != 2 or x_file.shape[1] != x.shape[1]:
+            raise InputError(f"{calibration}: 'x' must be (n, {x.shape[1]}), got {x_file.shape}")
+        index = {int(c): k for k, c in enumerate(classes)}
+        unknown = sorted(set(np.unique(y_file).tolist()) - set(index))
+        if unknown:
+            raise InputError(f"{calibration}: labels {unknown[:5]} are not classes of {data}")
+        y_cal = np.array([index[int(c)] for c in y_file], dtype=np.int64)
+        chosen = stratified_rows(y_cal, size, floor=floor, max_fraction=1.0, seed=seed)
+        x_cal, reference_rows = x_file[chosen], None
+        provenance |= {"calibration": calibration.name, "calibration_sha256": _sha256(calibration)}
+    return _Split(
+        reference=ReferenceSet.from_arrays({layer: x}, labels, rows=reference_rows),
+        x_cal=np.asarray(x_cal, dtype=np.float32),
+        class_names=[str(c) for c in classes],
+        provenance={**provenance, "calibration_size": int(x_cal.shape[0])},
     )

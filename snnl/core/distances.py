@@ -158,8 +158,28 @@ def distance_of(name: str) -> BaseDistance:
 
 
 def pairwise_distances(
-    query: torch.Tensor, reference: torch.Tensor, distance: Distance = "cosine"
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    distance: Distance = "cosine",
+    *,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """Distances (B, N) from each query row (B, d) to each reference row (N, d)."""
+    """Distances (B, N) from each query row (B, d) to each reference row (N, d).
+
+    ``chunk_rows``: the reference is converted to the query's dtype and prepared that many rows
+    at a time, each chunk's (B, chunk) block written into the result, so no full-size prepared
+    copy of it exists (memory O(B N + chunk_rows d)). ``prepare`` treats each row alone (cosine
+    divides a row by its own norm), so every entry is D(query_i, reference_j) as one pass computes
+    it, up to the rounding of the product's shape."""
     d = distance_of(distance)
-    return d.pairwise(d.prepare(query), d.prepare(reference))
+    prepared = d.prepare(query)
+    n = reference.shape[0]
+    if chunk_rows is None or chunk_rows >= n:
+        return d.pairwise(prepared, d.prepare(reference.to(prepared.dtype)))
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    out = prepared.new_empty((prepared.shape[0], n))
+    for start in range(0, n, chunk_rows):
+        rows = reference[start : start + chunk_rows].to(prepared.dtype)
+        out[:, start : start + chunk_rows] = d.pairwise(prepared, d.prepare(rows))
+    return out

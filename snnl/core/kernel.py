@@ -65,6 +65,7 @@ MIN_GEMM_COLUMNS = 16
 # With known classes, the mass terms are evaluated per class slice (B n / C entries, but a few
 # operations per class and chunk) from this many queries per class on, else over every class.
 PER_CLASS_ROWS = 16
+_SQ_NORM_ROWS = 65_536  # rows squared at once for the rows' |r|^2
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class LayerKernel:
         base = x / norms.clamp_min(_NORM_EPS)[:, None] if self.unit_rows else x
         self.rows = base.to(dtype).contiguous()
         self.norms = norms if self.unit_rows and raw_terms else None
-        self.sq_norms = x.pow(2).sum(1) if raw_terms else None
+        self.sq_norms = _sq_norms(x) if raw_terms else None
 
     def prepare(self, h: torch.Tensor) -> Prepared:
         """Per-batch factors of ``h`` (B, d): the product's query and each term's a(h), o(h)."""
@@ -353,6 +354,12 @@ class KernelSums:
     offsets: torch.Tensor
     top_values: torch.Tensor
     top_rows: torch.Tensor
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """|x_j|^2 (N,) of the rows of ``x`` (N, d), ``_SQ_NORM_ROWS`` rows at a time: no (N, d)
+    temporary. Each row's sum is reduced alone, so the values are those of one pass."""
+    return torch.cat([part.pow(2).sum(1) for part in x.split(_SQ_NORM_ROWS)])
 
 
 def _groups(classes: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file as save_safetensors_file
 from torch import nn
 
 from snnl.core.taps import LayerTaps
@@ -111,14 +112,34 @@ class ReferenceSet:
         features = {name: torch.cat(chunks) for name, chunks in parts.items()}
         return cls.from_arrays(features, torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
-    def to_bytes(self, dtype: StorageDtype = "float32") -> bytes:
-        """reference.safetensors with features stored as ``dtype``."""
+    def stored_as(self, dtype: StorageDtype = "float32") -> ReferenceSet:
+        """This set on the CPU with features as reference.safetensors stores them (``dtype``):
+        the values a reader of the file gets. No copy of a float32 CPU feature kept as float32;
+        float16 rounds to nearest, as the file does."""
         if dtype not in _STORAGE:
             raise ValueError(f"reference dtype must be float32 or float16, got {dtype!r}")
+        features = {
+            name: x.detach().to("cpu", _STORAGE[dtype]).contiguous()
+            for name, x in self.features.items()
+        }
+        return ReferenceSet(features, self.labels.cpu().contiguous())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors: ``labels`` and ``features.<layer>`` (CPU, contiguous)."""
         tensors = {"labels": self.labels.cpu().contiguous()}
         for name, x in self.features.items():
-            tensors[f"features.{name}"] = x.detach().to("cpu", _STORAGE[dtype]).contiguous()
-        return save_safetensors(tensors)
+            tensors[f"features.{name}"] = x.detach().cpu().contiguous()
+        return tensors
+
+    def to_bytes(self, dtype: StorageDtype = "float32") -> bytes:
+        """reference.safetensors with features stored as ``dtype``."""
+        return save_safetensors(self.stored_as(dtype)._tensors())
+
+    def save(self, path: Path) -> None:
+        """Write reference.safetensors to ``path`` with the features as they are (float32 or
+        float16: ``stored_as``): the bytes of ``to_bytes``, written by safetensors straight from
+        the tensors' memory, with no in-memory copy of the file."""
+        save_safetensors_file(self._tensors(), path)
 
     @classmethod
     def from_bytes(

@@ -13,7 +13,7 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -27,21 +27,28 @@ def sha256(data: bytes | mmap.mmap) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_model(repository: str | Path, manifest: Manifest, files: Mapping[str, bytes]) -> Manifest:
-    """Write ``files`` and the manifest (with their sha256 filled in) to ``repository/<name>``.
+FileWriter = Callable[[Path], None]
+"""Writes one model file at the path it is given (a file too large to hold as bytes)."""
+
+
+def write_model(
+    repository: str | Path, manifest: Manifest, files: Mapping[str, bytes | FileWriter]
+) -> Manifest:
+    """Write ``files`` (their bytes, or a ``FileWriter`` that writes the file) and the manifest
+    (with their sha256 filled in) to ``repository/<name>``.
 
     The folder is assembled in a hidden temporary folder and renamed into place, replacing a
-    previous version; readers never see a half-written model. Returns the written manifest.
+    previous version; readers never see a half-written model. A written file's sha256 is read
+    back from disk in blocks (``file_sha256``). Returns the written manifest.
     """
     repository = Path(repository)
     name = check_name(manifest.name)
-    final = manifest.model_copy(update={"files": {f: sha256(b) for f, b in sorted(files.items())}})
-    final = Manifest.model_validate(final.model_dump())
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repository))
     try:
-        for file, data in files.items():
-            (staging / file).write_bytes(data)
+        digests = {file: _write(staging / file, data) for file, data in sorted(files.items())}
+        final = manifest.model_copy(update={"files": digests})
+        final = Manifest.model_validate(final.model_dump())
         (staging / MANIFEST_FILE).write_text(final.to_json())
         os.chmod(staging, 0o755)
         target = repository / name
@@ -56,6 +63,15 @@ def write_model(repository: str | Path, manifest: Manifest, files: Mapping[str, 
         if staging.exists():
             shutil.rmtree(staging)
     return final
+
+
+def _write(path: Path, data: bytes | FileWriter) -> str:
+    """Write ``data`` (bytes, or a FileWriter) to ``path``; its sha256."""
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+        return sha256(data)
+    data(path)
+    return file_sha256(path)
 
 
 def list_models(repository: str | Path) -> list[str]:
@@ -156,16 +172,22 @@ def _read(path: Path) -> bytes:
         raise RepositoryError(f"{path}: cannot be read ({err.strerror or err})") from err
 
 
-def verify_file(path: Path, digest: str, block: int = 1 << 24) -> None:
-    """As ``read_verified``, streaming the file in ``block``-byte reads: memory stays O(block)
-    whatever the file's size (a reference too large for one machine's memory)."""
-    if not path.is_file():
-        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+def file_sha256(path: Path, block: int = 1 << 24) -> str:
+    """Hex sha256 of the file at ``path``, read in ``block``-byte reads: memory stays O(block)
+    whatever the file's size."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
-    if h.hexdigest() != digest:
+    return h.hexdigest()
+
+
+def verify_file(path: Path, digest: str, block: int = 1 << 24) -> None:
+    """As ``read_verified``, streaming the file (``file_sha256``): memory stays O(block)
+    whatever the file's size (a reference too large for one machine's memory)."""
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing (listed in {MANIFEST_FILE})")
+    if file_sha256(path, block) != digest:
         raise _modified(path)
 
 

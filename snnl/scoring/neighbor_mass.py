@@ -51,7 +51,9 @@ def fit_neighbor_mass(
 ) -> NeighborMass:
     """The manifest's neighbor-mass section fitted on reference features {layer: (N, d_l)} and
     labels (N,), in float64 on the CPU; mu and sigma over at most ``max_stat_rows`` reference rows
-    (stratified, seeded), each left out of its own class's sum."""
+    (stratified, seeded), each left out of its own class's sum. The features keep their dtype
+    (rows are converted to float64 in bounded blocks as they are used) and are copied only when
+    the labels are not sorted already."""
     if not perplexity > 1:
         raise InputError(f"perplexity: expected > 1, got {perplexity}")
     if not geometries:
@@ -61,24 +63,25 @@ def fit_neighbor_mass(
         raise InputError(
             f"labels: expected (N >= 3,) class ids >= 0, got shape {y.shape} dtype {y.dtype}"
         )
-    order = np.argsort(y, kind="stable")
-    y = y[order].astype(np.int64)
+    order = None if bool(np.all(y[1:] >= y[:-1])) else np.argsort(y, kind="stable")
+    y = (y if order is None else y[order]).astype(np.int64)
     sorted_labels = torch.from_numpy(y)
     num_classes = int(y.max()) + 1
     rows = torch.from_numpy(stratified_subsample(y, max_stat_rows, seed))
     classes = sorted_labels[rows]
     terms = []
     for layer, values in features.items():
-        x = torch.as_tensor(values).detach().to("cpu", torch.float64)
+        x = torch.as_tensor(values).detach().cpu()
         if x.ndim != 2 or x.shape[0] != len(y):
             raise InputError(f"features.{layer}: expected ({len(y)}, d), got {tuple(x.shape)}")
-        x = x[torch.from_numpy(order)]
+        x = x if order is None else x[torch.from_numpy(order)]
+        h = x[rows].to(torch.float64)
         for g in geometries:
             distance = check_distance(g)
             t = perplexity_temperature(x, y, distance, perplexity, seed=seed)
             term = Term(distance_of(distance), t)
             loo = class_mean_log_mass(
-                x, sorted_labels, num_classes, term, x[rows], classes, _CHUNK, exclude=rows
+                x, sorted_labels, num_classes, term, h, classes, _CHUNK, rows, dtype=torch.float64
             )
             terms.append(
                 MassTerm(

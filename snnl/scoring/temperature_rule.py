@@ -39,6 +39,7 @@ from snnl.errors import InputError
 
 DEFAULT_RULE = "class-perplexity:2"
 _MAX_ELEMENTS = 20_000_000  # distance entries kept at once by the perplexity rule
+_CHUNK_ROWS = 262_144  # reference rows converted to float64 and prepared at once
 
 
 def check_rule(rule: str) -> str:
@@ -81,11 +82,12 @@ def choose_temperature(
     max_points: int = 500,
     seed: int = 0,
 ) -> float:
-    """The served temperature of a layer from its reference ``features`` (N, d), ``labels`` (N,)."""
+    """The served temperature of a layer from its reference ``features`` (N, d), ``labels`` (N,),
+    computed in float64 (``features`` keep their dtype: rows are converted as they are used)."""
     kind, value = _parse(rule)
     if kind == "fixed":
         return value
-    x = torch.as_tensor(features).detach().to("cpu", torch.float64)
+    x = torch.as_tensor(features).detach().cpu()
     y = np.asarray(torch.as_tensor(labels).cpu())
     if kind == "min-snnl":
         t_star = optimal_temperature(x, y, distance, max_points=max_points, seed=seed)
@@ -107,14 +109,17 @@ def perplexity_temperature(
     """T with exp(mean_i H_i(T)) = perplexity over left-out reference rows (module docstring).
 
     At most ``max_points`` rows (stratified, seeded) are left out in turn, each against all the
-    other N - 1 rows; the target is capped at 3 (N - 1) / 4.
+    other N - 1 rows; the target is capped at 3 (N - 1) / 4. Distances are computed in float64
+    against ``_CHUNK_ROWS`` rows of ``x`` (N, d), any float dtype, at a time: memory stays
+    O(budget x N + chunk x d), with no full-size converted or normalized copy of ``x``.
     """
     n = x.shape[0]
     if n < 3:
         raise InputError(f"the perplexity rule needs at least 3 reference rows, got {n}")
     budget = max(1, min(max_points, _MAX_ELEMENTS // n))
     rows = torch.from_numpy(stratified_subsample(y, budget, seed))
-    d = pairwise_distances(x[rows], x, distance).float()
+    query = x[rows].to(torch.float64)
+    d = pairwise_distances(query, x, distance, chunk_rows=_CHUNK_ROWS).float()
     # Leave each row out of its own neighborhood: exp(-1e30 / T) is exactly 0, and finite.
     d[torch.arange(len(rows)), rows] = 1e30
     target = math.log(min(perplexity, 0.75 * (n - 1)))
@@ -123,7 +128,7 @@ def perplexity_temperature(
         """mean_i H_i(T) - log P, with H_i = logsumexp_j(z_ij) - sum_j p_ij z_ij, z = -D / T."""
         z = d / -math.exp(log_t)
         lse = z.logsumexp(1, keepdim=True)
-        entropy = lse[:, 0] - ((z - lse).exp() * z).sum(1)
+        entropy = lse[:, 0] - (z - lse).exp_().mul_(z).sum(1)
         return float(entropy.mean()) - target
 
     low, high = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])

@@ -13,7 +13,7 @@ from safetensors.torch import save as save_safetensors
 
 from snnl.core.taps import LayerTaps
 from snnl.errors import RepositoryError
-from snnl.model.reference import ReferenceSet
+from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.store import map_verified, sha256
 from snnl.training.nets import build_net
 
@@ -63,6 +63,32 @@ def test_round_trip(dtype: str) -> None:
     assert ref.to_bytes(dtype) == ReferenceSet.from_bytes(ref.to_bytes(dtype), ["a", "b"]).to_bytes(
         dtype
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_saved_file_is_the_serialized_bytes_and_round_trips(
+    dtype: StorageDtype, tmp_path: Path
+) -> None:
+    """``stored_as(dtype).save`` writes exactly the bytes of ``to_bytes(dtype)`` (what readers
+    load), and the file maps back to the stored values; float32 features are not copied."""
+    rng = np.random.default_rng(2)
+    ref = ReferenceSet.from_arrays(
+        {
+            "a": rng.normal(size=(11, 3)).astype(np.float32),
+            "b": rng.normal(size=(11, 5)).astype(np.float32),
+        },
+        rng.integers(0, 3, size=11),
+    )
+    stored = ref.stored_as(dtype)
+    shared = stored.features["a"].data_ptr() == ref.features["a"].data_ptr()
+    assert shared == (dtype == "float32")
+    path = tmp_path / "reference.safetensors"
+    stored.save(path)
+    assert path.read_bytes() == ref.to_bytes(dtype)
+    loaded = ReferenceSet.from_bytes(map_verified(path, sha256(path.read_bytes())), ["a", "b"])
+    for name in ("a", "b"):
+        assert torch.equal(loaded.features[name], stored.features[name])
+    assert torch.equal(loaded.labels, ref.labels)
 
 
 def test_refusals_name_the_file_and_tensor() -> None:

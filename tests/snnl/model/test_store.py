@@ -32,6 +32,16 @@ def test_write_list_and_read(tmp_path: Path) -> None:
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 
+def test_a_file_writer_writes_its_file_and_the_manifest_gets_its_sha256(tmp_path: Path) -> None:
+    def write(path: Path) -> None:
+        path.write_bytes(b"streamed reference")
+
+    written = write_model(tmp_path, _manifest(), {**FILES, REFERENCE_FILE: write})
+    assert written.files[REFERENCE_FILE] == sha256(b"streamed reference")
+    manifest, contents = read_model_files(tmp_path, "emb")
+    assert manifest == written and contents[REFERENCE_FILE] == b"streamed reference"
+
+
 def test_rewrite_replaces_atomically_and_leaves_nothing_behind(tmp_path: Path) -> None:
     write_model(tmp_path, _manifest(), FILES)
     write_model(tmp_path, _manifest(version="2"), {**FILES, REFERENCE_FILE: b"new"})

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.core.class_mass import class_mean_log_mass
+from snnl.core import class_mass
+from snnl.core.class_mass import BLOCK_CHUNKS, class_mean_log_mass
 from snnl.core.distances import distance_of
 from snnl.core.kernel import Term
 from snnl.core.temperature import stratified_subsample
@@ -43,9 +44,17 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 @pytest.mark.parametrize("chunk_size", [1, 7, 100])
+@pytest.mark.parametrize("block_chunks", [1, 2, BLOCK_CHUNKS])
 def test_leave_one_out_class_mass_matches_loop(
-    data: tuple[np.ndarray, np.ndarray, np.ndarray], distance: str, chunk_size: int
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    distance: str,
+    chunk_size: int,
+    block_chunks: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also with the rows taken in several blocks (blocks holding one class, or none of a
+    query's class)."""
+    monkeypatch.setattr(class_mass, "BLOCK_CHUNKS", block_chunks)
     ref, y, _ = data  # y is sorted: class c is rows [20 c, 20 c + 20)
     skip = torch.tensor([0, 21, 45, 3, 22, 59, 19])
     got = class_mean_log_mass(

@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from snnl.core.distances import Distance, pairwise_distances
 from snnl.core.temperature import optimal_temperature
 from snnl.errors import InputError
+from snnl.scoring import temperature_rule
 from snnl.scoring.temperature_rule import check_rule, choose_temperature
 
 
@@ -91,3 +94,32 @@ def test_rule_specs_are_checked() -> None:
     ):
         with pytest.raises(InputError, match="temperature rule"):
             check_rule(bad)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_chunked_distances_equal_one_pass(distance: Distance) -> None:
+    """The reference prepared and compared a few rows at a time (float32 rows converted to the
+    query's float64 chunk by chunk) gives the distances of one pass over a float64 copy."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(50, 6)).astype(np.float32))
+    query = x[[0, 7, 31]].to(torch.float64)
+    whole = pairwise_distances(query, x.to(torch.float64), distance)
+    for chunk_rows in (1, 7, 16, 49):
+        chunked = pairwise_distances(query, x, distance, chunk_rows=chunk_rows)
+        assert chunked.dtype == torch.float64
+        torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_perplexity_rule_over_reference_chunks_chooses_the_same_temperature(
+    distance: Distance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forcing several chunks (7 rows each, 200 rows) leaves the chosen temperature unchanged,
+    and float32 features give the temperature of their float64 copy."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    y = rng.integers(0, 4, size=200)
+    expected = choose_temperature(x.astype(np.float64), y, distance, "perplexity:20")
+    monkeypatch.setattr(temperature_rule, "_CHUNK_ROWS", 7)
+    got = choose_temperature(x, y, distance, "perplexity:20")
+    assert got == pytest.approx(expected, rel=1e-9)
