@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.ood_benchmark import DETECTOR_ORDER, EPOCHS, LAYERS, run_split
+from bench.ood_benchmark import DETECTOR_ORDER, LAYERS, run_split
 
 SPLIT = 0
+EPOCHS = 3
 SEEDS = (0, 1, 2)
 FROSST = {"distance": "euclidean", "temperature": "learned", "initial_temperature": 100.0}
 ARMS: dict[str, dict[str, Any]] = {

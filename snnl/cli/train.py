@@ -40,6 +40,36 @@ def _temperature(text: str) -> TemperatureSetting | float:
     return value
 
 
+def _widths(text: str) -> list[int]:
+    """argparse type: "32,64" -> [32, 64]; positive layer widths."""
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths, got {text!r}") from err
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive comma-separated widths, got {text!r}")
+    return widths
+
+
+def net_kwargs(arch: str, channels: list[int] | None, hidden: list[int] | None) -> dict[str, Any]:
+    """The net's widths from ``--channels`` / ``--hidden`` (None: the architecture's default).
+
+    mlp: ``hidden`` lists the dense widths (no channels); cnn1d: two ``channels`` and one
+    ``hidden`` width; cnn2d: two ``channels`` and one or more ``hidden`` dense widths."""
+    kwargs: dict[str, Any] = {}
+    if channels is not None:
+        if arch == "mlp":
+            raise InputError("--channels: the mlp has no convolutions (use --hidden)")
+        if len(channels) != 2:
+            raise InputError(f"--channels: {arch} takes 2 widths, got {channels}")
+        kwargs["channels"] = channels
+    if hidden is not None:
+        if arch == "cnn1d" and len(hidden) != 1:
+            raise InputError(f"--hidden: cnn1d takes 1 dense width, got {hidden}")
+        kwargs["hidden"] = hidden[0] if arch == "cnn1d" else hidden
+    return kwargs
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``snnl train``."""
     parser = subparsers.add_parser(
@@ -74,6 +104,19 @@ def add_parser(subparsers: Any) -> None:
         choices=ARCHS,
         default=None,
         help="the net (default: cnn1d for mnist1d, cnn2d for mnist and fashion-mnist, else mlp)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=_widths,
+        default=None,
+        help="conv widths of cnn1d / cnn2d, e.g. 32,64 (default 32,32 and 16,32)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=_widths,
+        default=None,
+        help="dense widths: mlp e.g. 256,128,64 (the default); cnn2d e.g. 256 (default 128); "
+        "cnn1d one width (default 128)",
     )
     parser.add_argument(
         "--factor",
@@ -126,11 +169,13 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
     from snnl.training.run import TrainSettings
 
+    arch = args.arch or DEFAULT_ARCH.get(args.data, "mlp")
     try:
         return TrainSettings(
             dataset=args.data,
             classes=args.classes,
-            arch=args.arch or DEFAULT_ARCH.get(args.data, "mlp"),
+            arch=arch,
+            net_kwargs=net_kwargs(arch, args.channels, args.hidden),
             snnl_layers=args.snnl_layers,
             seed=args.seed,
             factor=args.factor,

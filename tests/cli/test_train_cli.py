@@ -122,6 +122,11 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str)
         (["--batch-size", "-5"], "--batch-size"),
         (["--temperature", "0"], "--temperature"),
         (["--initial-temperature", "0"], "--initial-temperature"),
+        (["--channels", "a,b"], "--channels"),
+        (["--channels", "8,8"], "the mlp has no convolutions"),
+        (["--arch", "cnn2d", "--channels", "8"], "takes 2 widths"),
+        (["--arch", "cnn1d", "--hidden", "8,8"], "1 dense width"),
+        (["--hidden", "64,0"], "--hidden"),
         (["--initial-temperature", "inf"], "--initial-temperature"),
         (["--batch-size", "1"], "--batch-size"),
         (["--lr", "0"], "--lr"),
@@ -152,3 +157,38 @@ def test_bad_options_in_process(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], captured.err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], {}),
+        (["--hidden", "32,16"], {"hidden": [32, 16]}),
+        (["--arch", "cnn1d", "--channels", "8,16", "--hidden", "24"],
+         {"channels": [8, 16], "hidden": 24}),
+        (["--arch", "cnn2d", "--channels", "32,64", "--hidden", "256"],
+         {"channels": [32, 64], "hidden": [256]}),
+    ],
+)  # fmt: skip
+def test_widths_reach_the_net(tmp_path: Path, args: list[str], expected: dict[str, object]) -> None:
+    """--channels / --hidden become the run's net_kwargs, and the net built from them has
+    those widths."""
+    from snnl.cli import build_parser
+    from snnl.cli.train import settings_from_args
+    from snnl.training.nets import build_net
+
+    parsed = build_parser().parse_args(
+        ["train", "--data", "digits", *args, "--out", str(tmp_path / "run")]
+    )
+    settings = settings_from_args(parsed)
+    assert settings.net_kwargs == expected
+    shape = (8, 8) if settings.arch == "cnn2d" else (64,)
+    net = build_net(settings.arch, shape, 3, **settings.net_kwargs)
+    layers = {name: getattr(net, name)[0] for name in net.hidden_layers}
+    convs = [m.out_channels for n, m in layers.items() if n.startswith("conv")]
+    dense = [m.out_features for n, m in layers.items() if n.startswith("fc")]
+    if "channels" in expected:
+        assert convs == expected["channels"]
+    if "hidden" in expected:
+        hidden = expected["hidden"]
+        assert dense == (hidden if isinstance(hidden, list) else [hidden])
