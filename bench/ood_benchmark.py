@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
-        "command": ".venv/bin/python -m bench.ood_benchmark" + (" --quick" if args.quick else ""),
+        "command": ".venv/bin/python -m bench.ood_benchmark"
+        + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else ""),
         "config": config,
         "splits": [],
     }
