@@ -30,10 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench.ood_benchmark import DETECTOR_ORDER, LAYERS, run_split
+from bench.ood_benchmark import DETECTOR_ORDER, LAYERS, run_split, save, write_mnist_train
 
 SPLIT = 0
 EPOCHS = 3
@@ -132,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     arms = {name: ARMS[name] for name in args.arms.split(",")}
     torch.set_num_threads(1)
     from bench.ood_benchmark import known_classes
-    from snnl.training.data import load_mnist
 
     results: dict[str, Any] = {
         "command": ".venv/bin/python -m bench.mnist_factors",
@@ -144,18 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }  # fmt: skip
     stem = "mnist_factors_quick" if args.quick else "mnist_factors"
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        x, y = load_mnist("train")
-        np.savez(work / "mnist_train.npz", x=x.astype(np.float32), y=y)
-        del x, y
+        data = write_mnist_train(work)
         for arm, options in arms.items():
             results["runs"][arm] = []
             for seed in args.seeds:
                 run = run_split(
-                    SPLIT, work / "mnist_train.npz", work / arm.replace(" ", ""),
+                    SPLIT, data, work / arm.replace(" ", ""),
                     layers=LAYERS, quick=args.quick, seed=seed, epochs=args.epochs, **options,
                 )  # fmt: skip
                 results["runs"][arm].append(run)
@@ -166,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{100 * near['fpr95']:.2f}",
                     flush=True,
                 )
-                (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(results))
+                save(args.out, stem, results)
+    save(args.out, stem, results, markdown(results))
     print(markdown(results))
     return 0
 

@@ -258,6 +258,25 @@ def markdown(results: dict[str, Any]) -> str:
     )
 
 
+def write_mnist_train(work: Path) -> Path:
+    """The official MNIST training images as ``work/mnist_train.npz`` (x float32, y): the
+    ``data`` of :func:`run_split`."""
+    from snnl.training.data import load_mnist
+
+    path = work / "mnist_train.npz"
+    x, y = load_mnist("train")
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return path
+
+
+def save(out: Path, stem: str, results: dict[str, Any], text: str | None = None) -> None:
+    """Write ``out/stem.json`` (``results``) and, with ``text``, ``out/stem.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    if text is not None:
+        (out / f"{stem}.md").write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.ood_benchmark", description=__doc__.split("\n\n")[0]
@@ -278,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from snnl.training.data import load_mnist
 
     splits = args.splits or (2 if args.quick else SPLITS)
     epochs = args.epochs or (1 if args.quick else EPOCHS)
@@ -298,12 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        x, y = load_mnist("train")
-        np.savez(work / "mnist_train.npz", x=x.astype(np.float32), y=y)
-        del x, y
+        data = write_mnist_train(work)
         for seed in range(splits):
             split = run_split(
-                seed, work / "mnist_train.npz", work, layers=layers, quick=args.quick,
+                seed, data, work, layers=layers, quick=args.quick,
                 epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
             )  # fmt: skip
             results["splits"].append(split)
@@ -315,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     stem = "ood_benchmark_quick" if args.quick else "ood_benchmark"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(results))
+    save(args.out, stem, results, markdown(results))
     print(markdown(results))
     return 0
 
