@@ -52,6 +52,7 @@ def fold(
     limit: int,
     layer_sets: dict[str, list[str]],
     net_kwargs: dict[str, object],
+    train_kwargs: dict[str, object],
 ) -> list[dict[str, object]]:
     """Train on ``known`` minus ``held_out``; evaluate each layer set against the held-out class."""
     x, y = load_mnist("train")
@@ -59,6 +60,7 @@ def fold(
     settings = TrainSettings(
         dataset=str(train_file), classes=classes, arch="cnn2d", factor=factor, epochs=epochs,
         seed=0, calibration_fraction=0.05, test_fraction=0.1, net_kwargs=net_kwargs,
+        **train_kwargs,
     )  # fmt: skip
     start = time.perf_counter()
     result = train(settings, work / "run")
@@ -79,6 +81,7 @@ def fold(
                 "held_out": held_out,
                 "factor": factor,
                 "net_kwargs": net_kwargs,
+                "train_kwargs": train_kwargs,
                 "epochs": epochs,
                 "layers": name,
                 "val_accuracy": result.history[-1].test_accuracy,
@@ -115,12 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         default={},
         help='cnn2d widths, e.g. {"channels": [32, 64]}',
     )
+    parser.add_argument(
+        "--train-kwargs",
+        type=json.loads,
+        default={},
+        help='further training settings, e.g. {"lr_schedule": "cosine", "random_shift": 2}',
+    )
+    parser.add_argument("--work", type=Path, help="keep the fold runs here (default: a temp dir)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     known = known_classes(0)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        root = args.work or Path(tmp)
         x, y = load_mnist("train")
         train_file = Path(tmp) / "train.npz"
         np.savez(train_file, x=x.astype(np.float32), y=y)
@@ -129,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {name: LAYER_SETS[name] for name in args.layer_sets.split(",")}
         for held_out in held:
             for factor in (float(f) for f in args.factors.split(",")):
-                work = Path(tmp) / f"{held_out}_{factor}"
+                work = root / f"{held_out}_{factor}"
                 rows += fold(
                     train_file, known, held_out, factor, args.epochs, work, args.limit, chosen,
-                    args.net_kwargs,
+                    args.net_kwargs, args.train_kwargs,
                 )  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

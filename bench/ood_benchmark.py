@@ -40,6 +40,7 @@ CREATED = "2024-01-01T00:00:00Z"
 FACTOR = 1.0
 EPOCHS = 6
 NET = {"channels": [32, 64], "hidden": [256]}  # cnn2d widths
+TRAIN: dict[str, Any] = {}  # further TrainSettings of the recipe
 LAYERS = ("conv2", "fc1")
 # Far-OOD subsets (samples per set) keep one split's evaluation near a minute on 2 cores.
 FAR_LIMITS = {"fashion_mnist": 5000, "noise": 1000, "inverted": 2000, "permuted": 2000}
@@ -234,7 +235,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"Recipe (chosen on in-distribution data only, docs/experiments/mnist.md): cnn2d"
             f"{' ' + json.dumps(cfg['net_kwargs']) if cfg.get('net_kwargs') else ''}, "
             f"SNNL factor {cfg['factor']:g} (cosine, learned temperature, every hidden layer), "
-            f"{cfg['epochs']} epochs on the known classes' official training images (90% "
+            + "".join(f"{k} {v}, " for k, v in cfg.get("train_kwargs", {}).items())
+            + f"{cfg['epochs']} epochs on the known classes' official training images (90% "
             f"training / 5% calibration / 5% validation), served layers "
             f"{', '.join(cfg['layers'])}, the export's default temperature rule and "
             f"neighbor-mass nonconformity.",
@@ -292,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         default=NET,
         help=f"cnn2d widths, default {json.dumps(NET)}",
     )
+    parser.add_argument(
+        "--train-kwargs",
+        type=json.loads,
+        default=TRAIN,
+        help=f"further training settings, default {json.dumps(TRAIN)}",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, help="keep runs, models and reports here")
     parser.add_argument("--threads", type=int, default=1)
@@ -303,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = tuple(args.layers.split(","))
     config = {
         "splits": splits, "epochs": epochs, "factor": args.factor, "layers": list(layers),
-        "net_kwargs": args.net_kwargs, "quick": args.quick, "threads": args.threads,
+        "net_kwargs": args.net_kwargs, "train_kwargs": args.train_kwargs,
+        "quick": args.quick, "threads": args.threads,
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
@@ -321,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             split = run_split(
                 seed, data, work, layers=layers, quick=args.quick,
                 epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
+                **args.train_kwargs,
             )  # fmt: skip
             results["splits"].append(split)
             near = split["ood"]["held_out_classes"]["soft_neighbor"]

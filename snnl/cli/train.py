@@ -143,6 +143,18 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=128, help="samples per Adam step")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="Adam's step over training: constant, or cosine decay from --lr to 0",
+    )
+    parser.add_argument(
+        "--random-shift",
+        type=int,
+        default=0,
+        help="images only: translate each training image by up to this many pixels (default 0)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and batches")
     parser.add_argument(
         "--calibration-fraction",
@@ -184,6 +196,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             distance=args.distance,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            lr_schedule=args.lr_schedule,
+            random_shift=args.random_shift,
             lr=args.lr,
             calibration_fraction=args.calibration_fraction,
             test_fraction=args.test_fraction,

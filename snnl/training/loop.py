@@ -24,6 +24,7 @@ from torch import nn
 from snnl.core.taps import LayerTaps
 from snnl.core.temperature import TEMPERATURE_BOUNDS, entanglement, stratified_subsample
 from snnl.errors import InputError
+from snnl.training.augment import random_shift
 from snnl.training.data import load_dataset, split_dataset
 from snnl.training.loss import SNNLoss
 from snnl.training.nets import build_net
@@ -160,6 +161,11 @@ def prepare_run(settings: TrainSettings) -> Run:
         net = build_net(
             settings.arch, dataset.input_shape, len(dataset.class_names), **settings.net_kwargs
         )
+    if settings.random_shift and len(dataset.input_shape) not in (2, 3):
+        raise InputError(
+            f"--random-shift: translates 2-D images (H, W) or (C, H, W); {settings.dataset} "
+            f"samples have shape {tuple(dataset.input_shape)}"
+        )
     net.standardize.fit(torch.from_numpy(split.x_train))
     available = {name for name, _ in net.named_modules() if name}
     for name in settings.snnl_layers or ():
@@ -215,11 +221,24 @@ def train(
             {"params": criterion.temperature_parameters(), "lr": TEMPERATURE_LR},
         ]
         optimizer = torch.optim.Adam(groups, lr=settings.lr)
+        steps = settings.epochs * -(-len(x_train) // settings.batch_size)
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            if settings.lr_schedule == "cosine"
+            else None
+        )
         for epoch in range(settings.epochs):
             criterion.set_epoch(epoch)
             net.train()
             sums = _train_epoch(
-                criterion, optimizer, x_train, y_train, settings.batch_size, generator
+                criterion,
+                optimizer,
+                schedule,
+                x_train,
+                y_train,
+                settings.batch_size,
+                settings.random_shift,
+                generator,
             )
             net.eval()
             train_acc, feats = _evaluate(net, layers, x_train, y_train)
@@ -255,20 +274,25 @@ def train(
 def _train_epoch(
     criterion: SNNLoss,
     optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int,
+    shift: int,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """One pass over shuffled batches; sample-weighted means of the loss parts."""
+    """One pass over shuffled batches (each randomly translated by up to ``shift`` pixels), one
+    step of ``schedule`` per batch; sample-weighted means of the loss parts."""
     order = torch.randperm(len(x), generator=generator)
     sums: dict[str, float] = {}
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
-        result = criterion(x[idx], y[idx])
+        result = criterion(random_shift(x[idx], shift, generator), y[idx])
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         parts = {"loss": result.total, "cross_entropy": result.primary}
         parts.update({f"snnl.{k}": v for k, v in result.snnl.items()})
         for key, value in parts.items():

@@ -43,6 +43,10 @@ class TrainSettings(BaseModel):
 
     ``snnl_layers``: the submodules whose SNNL enters the loss (None: all hidden layers).
     ``initial_temperature``: where a learned temperature starts (unused by the other modes).
+    ``lr_schedule``: ``constant`` keeps Adam's step at ``lr``; ``cosine`` lowers every group's
+    step along half a cosine, lr_t = lr (1 + cos(pi t / S)) / 2 over the S steps of training.
+    ``random_shift``: 2-D images only; each training sample is translated by independent
+    integer offsets in [-s, s] along height and width, the uncovered border filled with 0.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +64,8 @@ class TrainSettings(BaseModel):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=2)
     lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    random_shift: int = Field(default=0, ge=0)
     calibration_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
 

@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 from snnl.core.taps import LayerTaps
 from snnl.core.temperature import entanglement, stratified_subsample
 from snnl.errors import InputError
-from snnl.training.loop import ENTANGLEMENT_POINTS, TrainSettings, load_run, prepare_run, train
+from snnl.training.loop import (
+    ENTANGLEMENT_POINTS,
+    TEMPERATURE_LR,
+    TrainSettings,
+    load_run,
+    prepare_run,
+    train,
+)
 from snnl.training.run import RunConfig
 
 HISTORY_FIELDS = {
@@ -143,6 +150,45 @@ def test_learned_temperature_starts_at_the_initial_temperature() -> None:
         record = train(small(epochs=1, initial_temperature=start)).history[0]
         for value in record.temperature.values():
             assert start * math.exp(-0.5) < value < start * math.exp(0.5)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule(monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
+    """Every Adam step's learning rate, per group: constant at lr (the temperature group at its
+    own rate), or lr (1 + cos(pi t / S)) / 2 at step t of S."""
+    seen: list[list[float]] = []
+    step = torch.optim.Adam.step
+
+    def record(self: torch.optim.Adam, *args: object, **kwargs: object) -> object:
+        seen.append([group["lr"] for group in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    run = prepare_run(small(epochs=2, lr=0.01, lr_schedule=schedule))
+    train(run)
+    steps = len(seen)
+    assert steps == 2 * math.ceil(len(run.split.x_train) / run.config.batch_size)
+    for t, (net_lr, temperature_lr) in enumerate(seen):
+        decay = (1 + math.cos(math.pi * t / steps)) / 2 if schedule == "cosine" else 1.0
+        assert net_lr == pytest.approx(0.01 * decay)
+        assert temperature_lr == pytest.approx(TEMPERATURE_LR * decay)
+
+
+def test_random_shift_trains_on_translated_images(tmp_path: Path) -> None:
+    """random_shift changes what a 2-D image net trains on (another history) and is refused,
+    naming the option, for samples that are not images."""
+    from snnl.training.data import load_dataset
+
+    digits = load_dataset("digits", [0, 1, 2])
+    images = tmp_path / "images.npz"
+    np.savez(images, x=digits.x.reshape(-1, 8, 8), y=digits.y)
+    base = small(dataset=str(images), classes=None, arch="cnn2d", epochs=1)
+    plain = train(base)
+    shifted = train(base.model_copy(update={"random_shift": 1}))
+    assert shifted.history != plain.history
+    assert shifted.run.config.random_shift == 1
+    with pytest.raises(InputError, match="--random-shift"):
+        train(small(random_shift=1))
 
 
 def test_load_run_errors(digits_run_dir: Path, tmp_path: Path) -> None:
