@@ -9,7 +9,9 @@ known class" (official train images of that class, never trained on by that fold
 
 Settings compared: the SNNL factor (0 = plain cross-entropy, +1 = cosine SNNL on every hidden
 layer), the served layers (fc1; conv2 + fc1; conv1 + conv2 + fc1), the epochs (validation
-accuracy is recorded after each) and the net's widths (``--net-kwargs``).
+accuracy is recorded after each), the net's widths (``--net-kwargs``), further training settings
+(``--train-kwargs``) and export options (``--exports``: e.g. the neighbor mass's perplexity and
+distances); ``--work DIR --reuse`` evaluates other exports of fold runs kept earlier.
 
     .venv/bin/python -m bench.mnist_selection --json bench/results/mnist_selection.json
 
@@ -23,16 +25,17 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.ood_benchmark import known_classes
+from bench.ood_benchmark import known_classes, train_or_reuse
 from snnl.build.from_run import export_run
 from snnl.evaluation.benchmark import evaluate
 from snnl.model.detector import Detector
 from snnl.training.data import load_mnist
-from snnl.training.loop import TrainSettings, train
+from snnl.training.loop import TrainSettings, load_run
 
 LAYER_SETS: dict[str, list[str]] = {
     "fc1": ["fc1"],
@@ -50,11 +53,13 @@ def fold(
     epochs: int,
     work: Path,
     limit: int,
-    layer_sets: dict[str, list[str]],
+    exports: dict[str, dict[str, Any]],
     net_kwargs: dict[str, object],
     train_kwargs: dict[str, object],
+    reuse: bool,
 ) -> list[dict[str, object]]:
-    """Train on ``known`` minus ``held_out``; evaluate each layer set against the held-out class."""
+    """Train on ``known`` minus ``held_out`` (or, with ``reuse``, load the run already under
+    ``work``); evaluate each export ({name: export_run options}) against the held-out class."""
     x, y = load_mnist("train")
     classes = [c for c in known if c != held_out]
     settings = TrainSettings(
@@ -63,16 +68,16 @@ def fold(
         **train_kwargs,
     )  # fmt: skip
     start = time.perf_counter()
-    result = train(settings, work / "run")
+    history = train_or_reuse(settings, work / "run", reuse)
+    split = load_run(work / "run").split
     train_s = time.perf_counter() - start
-    split = result.run.split
     rng = np.random.default_rng(0)
     keep = np.sort(rng.permutation(len(split.y_test))[:limit])
     id_x, id_y = split.x_test[keep], split.y_test[keep]
     ood_x = x[y == held_out][:limit].astype(np.float32)
     rows = []
-    for name, layers in layer_sets.items():
-        export_run(work / "run", work / "models", "m", layers=layers, created=CREATED)
+    for name, options in exports.items():
+        export_run(work / "run", work / "models", "m", created=CREATED, **options)
         det = Detector.load(work / "models", "m", device="cpu")
         start = time.perf_counter()
         ev = evaluate(det, id_x, id_y, {"held_out": ood_x})
@@ -84,8 +89,9 @@ def fold(
                 "train_kwargs": train_kwargs,
                 "epochs": epochs,
                 "layers": name,
-                "val_accuracy": result.history[-1].test_accuracy,
-                "val_accuracy_per_epoch": [r.test_accuracy for r in result.history],
+                "export": options,
+                "val_accuracy": history[-1]["test_accuracy"],
+                "val_accuracy_per_epoch": [r["test_accuracy"] for r in history],
                 "train_seconds": train_s,
                 "eval_seconds": time.perf_counter() - start,
                 "metrics": {d: m.as_dict() for d, m in ev.ood["held_out"].items()},
@@ -124,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         default={},
         help='further training settings, e.g. {"lr_schedule": "cosine", "random_shift": 2}',
     )
+    parser.add_argument(
+        "--exports",
+        type=json.loads,
+        help="export_run options to compare instead of --layer-sets, a JSON list, e.g. "
+        '[{"layers": ["conv2", "fc1"], "mass_perplexity": 10}]',
+    )
     parser.add_argument("--work", type=Path, help="keep the fold runs here (default: a temp dir)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate the fold runs already under --work"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -137,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(train_file, x=x.astype(np.float32), y=y)
         del x, y
         held = [int(c) for c in args.held_out.split(",")] if args.held_out else known[: args.folds]
-        chosen = {name: LAYER_SETS[name] for name in args.layer_sets.split(",")}
+        chosen = (
+            {json.dumps(options): options for options in args.exports}
+            if args.exports
+            else {name: {"layers": LAYER_SETS[name]} for name in args.layer_sets.split(",")}
+        )
         for held_out in held:
             for factor in (float(f) for f in args.factors.split(",")):
                 work = root / f"{held_out}_{factor}"
                 rows += fold(
                     train_file, known, held_out, factor, args.epochs, work, args.limit, chosen,
-                    args.net_kwargs, args.train_kwargs,
+                    args.net_kwargs, args.train_kwargs, args.reuse,
                 )  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ SPLITS = 5
 CREATED = "2024-01-01T00:00:00Z"
 # The recipe, chosen with in-distribution data only (bench/mnist_selection.py).
 FACTOR = 1.0
-EPOCHS = 6
+EPOCHS = 10
 NET = {"channels": [32, 64], "hidden": [256]}  # cnn2d widths
-TRAIN: dict[str, Any] = {}  # further TrainSettings of the recipe
+TRAIN: dict[str, Any] = {"lr_schedule": "cosine", "random_shift": 2}  # further TrainSettings
 LAYERS = ("conv2", "fc1")
 # Far-OOD subsets (samples per set) keep one split's evaluation near a minute on 2 cores.
 FAR_LIMITS = {"fashion_mnist": 5000, "noise": 1000, "inverted": 2000, "permuted": 2000}
@@ -61,6 +62,22 @@ def _subset(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return x[keep]
 
 
+def train_or_reuse(settings: Any, run_dir: Path, reuse: bool) -> list[dict[str, Any]]:
+    """Train ``settings`` (a ``TrainSettings``) into ``run_dir``, or with ``reuse`` keep the run
+    already there (refused when it was trained with other settings, the data file's path
+    aside); the run's history, one dict per epoch."""
+    from snnl.training.loop import TrainSettings, train
+    from snnl.training.run import HISTORY_FILE, load_config
+
+    if reuse and (run_dir / "config.json").is_file():
+        fields = set(TrainSettings.model_fields) - {"dataset"}
+        if load_config(run_dir).model_dump(include=fields) != settings.model_dump(include=fields):
+            raise SystemExit(f"--reuse: {run_dir} was trained with other settings")
+        lines = (run_dir / HISTORY_FILE).read_text().splitlines()
+        return [json.loads(line) for line in lines]
+    return [asdict(record) for record in train(settings, run_dir).history]
+
+
 def run_split(
     split: int,
     data: Path,
@@ -69,6 +86,7 @@ def run_split(
     layers: tuple[str, ...],
     quick: bool,
     seed: int | None = None,
+    reuse: bool = False,
     **train_options: Any,
 ) -> dict[str, Any]:
     """Train, export and evaluate split ``split``; its metrics, timings and training record.
@@ -76,7 +94,8 @@ def run_split(
     ``data``: the MNIST training images as an .npz (x, y). ``seed`` seeds the training (its
     train/calibration/validation split, init and batches; default: ``split``);
     ``train_options`` are further ``TrainSettings`` (factor, epochs, ...). Runs and models go
-    under ``work``, named by split and seed.
+    under ``work``, named by split and seed; with ``reuse``, a run already there is exported
+    and evaluated again without training.
     """
     from snnl.build.from_run import export_run
     from snnl.evaluation.benchmark import evaluate
@@ -84,7 +103,7 @@ def run_split(
     from snnl.evaluation.report import write_report
     from snnl.model.detector import Detector
     from snnl.training.data import load_fashion_mnist, load_mnist
-    from snnl.training.loop import TrainSettings, train
+    from snnl.training.loop import TrainSettings
 
     known = known_classes(split)
     seed = split if seed is None else seed
@@ -94,7 +113,7 @@ def run_split(
     )  # fmt: skip
     name = f"mnist-split{split}-seed{seed}"
     start = time.perf_counter()
-    result = train(settings, work / name)
+    history = train_or_reuse(settings, work / name, reuse)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     export_run(work / name, work / "models", name, layers=list(layers), created=CREATED)
@@ -121,16 +140,16 @@ def run_split(
     evaluation = evaluate(det, id_x, id_y, ood, groups=groups)
     evaluate_s = time.perf_counter() - start
     write_report(evaluation, work / f"report-{name}")
-    last = result.history[-1]
+    last = history[-1]
     return {
         "seed": split,
         "training_seed": seed,
         "known": known,
         "unknown": [c for c in range(10) if c not in known],
-        "validation_accuracy": last.test_accuracy,
-        "train_accuracy": last.train_accuracy,
-        "entanglement": last.entanglement,
-        "temperature": last.temperature,
+        "validation_accuracy": last["test_accuracy"],
+        "train_accuracy": last["train_accuracy"],
+        "entanglement": last["entanglement"],
+        "temperature": last["temperature"],
         "accuracy": evaluation.accuracy,
         "flag_false_positive_rate": evaluation.flag_false_positive_rate,
         "sizes": evaluation.sizes,
@@ -302,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, help="keep runs, models and reports here")
+    parser.add_argument(
+        "--reuse", action="store_true", help="export and evaluate the runs already under --work"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -328,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         data = write_mnist_train(work)
         for seed in range(splits):
             split = run_split(
-                seed, data, work, layers=layers, quick=args.quick,
+                seed, data, work, layers=layers, quick=args.quick, reuse=args.reuse,
                 epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
                 **args.train_kwargs,
             )  # fmt: skip

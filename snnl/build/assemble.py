@@ -50,7 +50,7 @@ from snnl.model.store import FileWriter, write_model
 from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
 from snnl.scoring.conformal import Calibration
 from snnl.scoring.guarantees import FlagRule, Guarantee
-from snnl.scoring.neighbor_mass import GEOMETRIES, fit_neighbor_mass
+from snnl.scoring.neighbor_mass import DEFAULT_PERPLEXITY, GEOMETRIES, fit_neighbor_mass
 from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 from snnl.scoring.validation import check_embeddings, check_inputs
@@ -78,6 +78,7 @@ class ModelRecipe:
     neighbors: int = 50
     nonconformity: str = DEFAULT_NONCONFORMITY
     mass_geometries: Sequence[Distance] = GEOMETRIES
+    mass_perplexity: float = DEFAULT_PERPLEXITY
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,7 +147,11 @@ def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonc
     if recipe.nonconformity == "neg-log-score":
         return NegLogScore()
     return fit_neighbor_mass(
-        served.features, served.labels, geometries=recipe.mass_geometries, seed=seed
+        served.features,
+        served.labels,
+        perplexity=recipe.mass_perplexity,
+        geometries=recipe.mass_geometries,
+        seed=seed,
     )
 
 

@@ -38,7 +38,7 @@ from snnl.errors import InputError
 from snnl.model.manifest import Manifest
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.scoring.guarantees import DEFAULT_DELTA, Guarantee, default_calibration_size
-from snnl.scoring.neighbor_mass import GEOMETRIES
+from snnl.scoring.neighbor_mass import DEFAULT_PERPLEXITY, GEOMETRIES
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.data import read_npz
 
@@ -116,6 +116,7 @@ def index_embeddings(
     temperature_rule: str = DEFAULT_RULE,
     nonconformity: str = DEFAULT_NONCONFORMITY,
     mass_geometries: Sequence[Distance] = GEOMETRIES,
+    mass_perplexity: float = DEFAULT_PERPLEXITY,
     reference_dtype: StorageDtype = "float32",
     version: str = "1",
     created: str | None = None,
@@ -123,7 +124,8 @@ def index_embeddings(
     device: str = "auto",
 ) -> Manifest:
     """Build ``repository/<name>`` from the embeddings file ``data`` (and the held-out
-    ``calibration`` file, if given); returns its manifest."""
+    ``calibration`` file, if given); returns its manifest. ``mass_geometries`` and
+    ``mass_perplexity``: as in :func:`snnl.build.from_run.export_run`."""
     if not 0.0 < calibration_fraction < 1.0:
         raise InputError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
     if calibration_size < 1:
@@ -146,6 +148,7 @@ def index_embeddings(
         temperature_rule=temperature_rule,
         nonconformity=nonconformity,
         mass_geometries=tuple(mass_geometries),
+        mass_perplexity=mass_perplexity,
         reference_dtype=reference_dtype,
         alpha=alpha,
         guarantee=guarantee,

@@ -38,7 +38,7 @@ from snnl.model.manifest import Manifest
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.scoring.guarantees import Guarantee
-from snnl.scoring.neighbor_mass import GEOMETRIES
+from snnl.scoring.neighbor_mass import DEFAULT_PERPLEXITY, GEOMETRIES
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.loop import load_run
 
@@ -152,11 +152,15 @@ def export_run(
     temperature_rule: str = DEFAULT_RULE,
     nonconformity: str = DEFAULT_NONCONFORMITY,
     mass_geometries: Sequence[Distance] = GEOMETRIES,
+    mass_perplexity: float = DEFAULT_PERPLEXITY,
     layers: Sequence[str] | None = None,
     created: str | None = None,
     device: str = "auto",
 ) -> Manifest:
-    """Export the run in ``run_dir`` to ``repository/<name>``; returns the written manifest."""
+    """Export the run in ``run_dir`` to ``repository/<name>``; returns the written manifest.
+
+    ``mass_geometries`` and ``mass_perplexity``: the distances and the perplexity P of the
+    neighbor-mass nonconformity's terms (``snnl.scoring.neighbor_mass``)."""
     run = load_run(run_dir)
     config, split, net = run.config, run.split, run.net.cpu().eval()
     served = tuple(layers) if layers else tuple(config.hidden_layers)
@@ -197,6 +201,7 @@ def export_run(
         temperature_rule=temperature_rule,
         nonconformity=nonconformity,
         mass_geometries=tuple(mass_geometries),
+        mass_perplexity=mass_perplexity,
         reference_dtype=reference_dtype,
         alpha=ALPHA,
         guarantee=guarantee,

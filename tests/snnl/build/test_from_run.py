@@ -124,6 +124,24 @@ def test_export_writes_a_loadable_model(run_dir: Path, repository: Path) -> None
         np.testing.assert_array_equal(np.sort(calibration.soft_neighbor_score[:, i]), stored)
 
 
+def test_export_chooses_the_neighbor_mass_terms(
+    run_dir: Path, repository: Path, tmp_path: Path
+) -> None:
+    """mass_geometries and mass_perplexity reach the manifest: one term per layer and chosen
+    distance, each temperature fitted at the chosen perplexity (a smaller neighborhood, a
+    smaller temperature than the default 30's)."""
+    default = load_manifest(repository, "tiny").nonconformity
+    export_run(
+        run_dir, tmp_path, "p5", created=CREATED, device="cpu", mass_geometries=["cosine"],
+        mass_perplexity=5.0,
+    )  # fmt: skip
+    chosen = load_manifest(tmp_path, "p5").nonconformity
+    assert chosen.kind == "neighbor-mass" and chosen.perplexity == 5.0
+    assert [(t.layer, t.distance) for t in chosen.terms] == [("fc1", "cosine"), ("fc2", "cosine")]
+    wide = {t.layer: t.temperature for t in default.terms if t.distance == "cosine"}
+    assert all(t.temperature < wide[t.layer] for t in chosen.terms)
+
+
 def test_export_is_deterministic(run_dir: Path, repository: Path, tmp_path: Path) -> None:
     export_run(run_dir, tmp_path, "tiny", created=CREATED, device="cpu")
     for file in ("manifest.json", ONNX_FILE, REFERENCE_FILE, CALIBRATION_FILE):
