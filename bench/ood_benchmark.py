@@ -29,10 +29,13 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from snnl.training.loop import TrainSettings
 
 KNOWN = 6
 SPLITS = 5
@@ -62,15 +65,15 @@ def _subset(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return x[keep]
 
 
-def train_or_reuse(settings: Any, run_dir: Path, reuse: bool) -> list[dict[str, Any]]:
-    """Train ``settings`` (a ``TrainSettings``) into ``run_dir``, or with ``reuse`` keep the run
+def train_or_reuse(settings: TrainSettings, run_dir: Path, reuse: bool) -> list[dict[str, Any]]:
+    """Train ``settings`` into ``run_dir``, or with ``reuse`` keep the run
     already there (refused when it was trained with other settings, the data file's path
     aside); the run's history, one dict per epoch."""
-    from snnl.training.loop import TrainSettings, train
+    from snnl.training.loop import train
     from snnl.training.run import HISTORY_FILE, load_config
 
     if reuse and (run_dir / "config.json").is_file():
-        fields = set(TrainSettings.model_fields) - {"dataset"}
+        fields = set(type(settings).model_fields) - {"dataset"}
         if load_config(run_dir).model_dump(include=fields) != settings.model_dump(include=fields):
             raise SystemExit(f"--reuse: {run_dir} was trained with other settings")
         lines = (run_dir / HISTORY_FILE).read_text().splitlines()
