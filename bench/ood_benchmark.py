@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -46,6 +48,7 @@ EPOCHS = 10
 NET = {"channels": [32, 64], "hidden": [256]}  # cnn2d widths
 TRAIN: dict[str, Any] = {"lr_schedule": "cosine", "random_shift": 2}  # further TrainSettings
 LAYERS = ("conv2", "fc1")
+EXPORT: dict[str, Any] = {}  # further export_run options
 # Far-OOD subsets (samples per set) keep one split's evaluation near a minute on 2 cores.
 FAR_LIMITS = {"fashion_mnist": 5000, "noise": 1000, "inverted": 2000, "permuted": 2000}
 DETECTOR_ORDER = ("soft_neighbor", "msp", "energy", "mahalanobis", "knn", "vim")
@@ -90,13 +93,15 @@ def run_split(
     quick: bool,
     seed: int | None = None,
     reuse: bool = False,
+    export_options: dict[str, Any] | None = None,
     **train_options: Any,
 ) -> dict[str, Any]:
     """Train, export and evaluate split ``split``; its metrics, timings and training record.
 
     ``data``: the MNIST training images as an .npz (x, y). ``seed`` seeds the training (its
     train/calibration/validation split, init and batches; default: ``split``);
-    ``train_options`` are further ``TrainSettings`` (factor, epochs, ...). Runs and models go
+    ``train_options`` are further ``TrainSettings`` (factor, epochs, ...), ``export_options``
+    further ``export_run`` options (e.g. ``mass_geometries``). Runs and models go
     under ``work``, named by split and seed; with ``reuse``, a run already there is exported
     and evaluated again without training.
     """
@@ -119,7 +124,10 @@ def run_split(
     history = train_or_reuse(settings, work / name, reuse)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    export_run(work / name, work / "models", name, layers=list(layers), created=CREATED)
+    export_run(
+        work / name, work / "models", name, layers=list(layers), created=CREATED,
+        **(export_options or {}),
+    )  # fmt: skip
     export_s = time.perf_counter() - start
 
     test_x, test_y = load_mnist("test")
@@ -254,19 +262,26 @@ def markdown(results: dict[str, Any]) -> str:
             f"Command: `{results['command']}`{' (quick run)' if cfg['quick'] else ''}. "
             f"{len(splits)} splits (known classes by seed: {known}).",
             "",
-            f"Recipe (chosen on in-distribution data only, docs/experiments/mnist.md): cnn2d"
+            f"Recipe (docs/experiments/mnist.md says how it was chosen): cnn2d"
             f"{' ' + json.dumps(cfg['net_kwargs']) if cfg.get('net_kwargs') else ''}, "
             f"SNNL factor {cfg['factor']:g} (cosine, learned temperature, every hidden layer), "
             + "".join(f"{k} {v}, " for k, v in cfg.get("train_kwargs", {}).items())
             + f"{cfg['epochs']} epochs on the known classes' official training images (90% "
             f"training / 5% calibration / 5% validation), served layers "
-            f"{', '.join(cfg['layers'])}, the export's default temperature rule and "
-            f"neighbor-mass nonconformity.",
+            f"{', '.join(cfg['layers'])}, "
+            + "".join(f"{k} {v}, " for k, v in cfg.get("export_kwargs", {}).items())
+            + "the export's default temperature rule and neighbor-mass nonconformity.",
             "",
             f"ID test accuracy {acc}%, flag false-positive rate on ID {flag}% (alpha 5%). "
             f"Samples of split 0: ID {sizes['id']}, "
             + ", ".join(f"{k} {v}" for k, v in sizes["ood"].items())
-            + f". Mean time per split on {cfg['machine']}: train {seconds['train']:.0f} s, "
+            + f". Mean time per split on {cfg['machine']}: train "
+            + (
+                "(runs reused, trained earlier by the same recipe)"
+                if cfg.get("reuse")
+                else f"{seconds['train']:.0f} s"
+            )
+            + ", "
             f"export {seconds['export']:.0f} s, evaluate {seconds['evaluate']:.0f} s.",
             "",
             "Mean ± std over splits, in %; the best mean of every column per set in bold "
@@ -322,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         default=TRAIN,
         help=f"further training settings, default {json.dumps(TRAIN)}",
     )
+    parser.add_argument(
+        "--export-kwargs",
+        type=json.loads,
+        default=EXPORT,
+        help=f"further export options, default {json.dumps(EXPORT)}",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, help="keep runs, models and reports here")
     parser.add_argument(
@@ -337,13 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     config = {
         "splits": splits, "epochs": epochs, "factor": args.factor, "layers": list(layers),
         "net_kwargs": args.net_kwargs, "train_kwargs": args.train_kwargs,
-        "quick": args.quick, "threads": args.threads,
+        "export_kwargs": args.export_kwargs,
+        "quick": args.quick, "threads": args.threads, "reuse": args.reuse,
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
-        "command": ".venv/bin/python -m bench.ood_benchmark"
-        + (" --quick" if args.quick else "")
-        + (f" --threads {args.threads}" if args.threads != 1 else ""),
+        "command": shlex.join(
+            [
+                ".venv/bin/python",
+                "-m",
+                "bench.ood_benchmark",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "config": config,
         "splits": [],
     }
@@ -354,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(splits):
             split = run_split(
                 seed, data, work, layers=layers, quick=args.quick, reuse=args.reuse,
+                export_options=args.export_kwargs,
                 epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
                 **args.train_kwargs,
             )  # fmt: skip
