@@ -50,7 +50,12 @@ from snnl.model.store import FileWriter, write_model
 from snnl.scoring.batch import CheckedBatch, Samples, row_chunks
 from snnl.scoring.conformal import Calibration
 from snnl.scoring.guarantees import FlagRule, Guarantee
-from snnl.scoring.neighbor_mass import DEFAULT_PERPLEXITY, GEOMETRIES, fit_neighbor_mass
+from snnl.scoring.neighbor_mass import (
+    DEFAULT_FLOOR_QUANTILE,
+    DEFAULT_PERPLEXITY,
+    GEOMETRIES,
+    fit_neighbor_mass,
+)
 from snnl.scoring.nonconformity import NONCONFORMITY_KINDS, NegLogScore
 from snnl.scoring.temperature_rule import DEFAULT_RULE, check_rule, choose_temperature
 from snnl.scoring.validation import check_embeddings, check_inputs
@@ -79,6 +84,8 @@ class ModelRecipe:
     nonconformity: str = DEFAULT_NONCONFORMITY
     mass_geometries: Sequence[Distance] = GEOMETRIES
     mass_perplexity: float = DEFAULT_PERPLEXITY
+    mass_one_sided: Sequence[str] = ()
+    mass_floor_quantile: float = DEFAULT_FLOOR_QUANTILE
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,6 +158,8 @@ def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonc
         served.labels,
         perplexity=recipe.mass_perplexity,
         geometries=recipe.mass_geometries,
+        one_sided=recipe.mass_one_sided,
+        floor_quantile=recipe.mass_floor_quantile,
         seed=seed,
     )
 

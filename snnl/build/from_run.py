@@ -38,7 +38,12 @@ from snnl.model.manifest import Manifest
 from snnl.model.reference import ReferenceSet, StorageDtype
 from snnl.model.runtime import OnnxRunner, resolve_device
 from snnl.scoring.guarantees import Guarantee
-from snnl.scoring.neighbor_mass import DEFAULT_PERPLEXITY, GEOMETRIES
+from snnl.scoring.neighbor_mass import (
+    DEFAULT_FLOOR_QUANTILE,
+    DEFAULT_PERPLEXITY,
+    GEOMETRIES,
+    check_one_sided,
+)
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.loop import load_run
 
@@ -153,6 +158,8 @@ def export_run(
     nonconformity: str = DEFAULT_NONCONFORMITY,
     mass_geometries: Sequence[Distance] = GEOMETRIES,
     mass_perplexity: float = DEFAULT_PERPLEXITY,
+    mass_one_sided: Sequence[str] = (),
+    mass_floor_quantile: float = DEFAULT_FLOOR_QUANTILE,
     layers: Sequence[str] | None = None,
     created: str | None = None,
     device: str = "auto",
@@ -160,13 +167,19 @@ def export_run(
     """Export the run in ``run_dir`` to ``repository/<name>``; returns the written manifest.
 
     ``mass_geometries`` and ``mass_perplexity``: the distances and the perplexity P of the
-    neighbor-mass nonconformity's terms (``snnl.scoring.neighbor_mass``)."""
+    neighbor-mass nonconformity's terms; ``mass_one_sided``: served layers whose terms are
+    one-sided, with floors at ``mass_floor_quantile`` (``snnl.scoring.neighbor_mass``)."""
     run = load_run(run_dir)
     config, split, net = run.config, run.split, run.net.cpu().eval()
     served = tuple(layers) if layers else tuple(config.hidden_layers)
     unknown = [layer for layer in served if layer not in config.hidden_layers]
     if unknown:
         raise InputError(f"--layers: {unknown} not among the run's {config.hidden_layers}")
+    if mass_one_sided and nonconformity != "neighbor-mass":
+        raise InputError(
+            f"one-sided layers need the neighbor-mass nonconformity, not {nonconformity}"
+        )
+    check_one_sided(served, mass_one_sided, mass_floor_quantile)
     model = export_onnx(net, served, config.input_shape)
     verify_onnx(model, net, served, split.x_test[:256])
     x_cal, y_cal, x_test, y_test = (
@@ -202,6 +215,8 @@ def export_run(
         nonconformity=nonconformity,
         mass_geometries=tuple(mass_geometries),
         mass_perplexity=mass_perplexity,
+        mass_one_sided=tuple(mass_one_sided),
+        mass_floor_quantile=mass_floor_quantile,
         reference_dtype=reference_dtype,
         alpha=ALPHA,
         guarantee=guarantee,

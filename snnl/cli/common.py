@@ -36,6 +36,7 @@ DEFAULT_TEMPERATURE = "learned"  # snnl.training.run.DEFAULT_TEMPERATURE
 NONCONFORMITY_KINDS: tuple[str, ...] = ("neighbor-mass", "neg-log-score")  # scoring.nonconformity
 DEFAULT_NONCONFORMITY = "neighbor-mass"  # snnl.build.assemble.DEFAULT_NONCONFORMITY
 DEFAULT_RULE = "class-perplexity:2"  # snnl.scoring.temperature_rule.DEFAULT_RULE
+DEFAULT_FLOOR_QUANTILE = 0.01  # snnl.scoring.neighbor_mass.DEFAULT_FLOOR_QUANTILE
 DEFAULT_LAYER = "embedding"  # snnl.build.from_embeddings.DEFAULT_LAYER
 TRANSFORMS: tuple[str, ...] = ("invert", "scale=F", "shift=F", "permute")  # ood_sets
 REFERENCE_DTYPES: tuple[str, ...] = ("float32", "float16")  # snnl.model.reference

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from snnl.cli.common import (
+    DEFAULT_FLOOR_QUANTILE,
     DEFAULT_NONCONFORMITY,
     DEFAULT_RULE,
     DEVICES,
@@ -70,6 +71,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=NONCONFORMITY_HELP,
     )
     parser.add_argument(
+        "--one-sided",
+        type=comma_list,
+        default=[],
+        metavar="LAYERS",
+        help="served layers, comma-separated, whose neighbor-mass terms are one-sided: they add "
+        "nonconformity only below the --floor-quantile of their in-distribution range "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--floor-quantile",
+        type=float,
+        default=DEFAULT_FLOOR_QUANTILE,
+        help=f"floor of the one-sided terms, a quantile of the reference (default "
+        f"{DEFAULT_FLOOR_QUANTILE})",
+    )
+    parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"
     )
     parser.add_argument("--temperature-rule", default=DEFAULT_RULE, help=TEMPERATURE_RULE_HELP)
@@ -108,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         distance=args.distance,
         temperature_rule=args.temperature_rule,
         nonconformity=args.nonconformity,
+        mass_one_sided=args.one_sided,
+        mass_floor_quantile=args.floor_quantile,
         layers=args.layers,
         created=args.created,
         device=args.device,

@@ -17,12 +17,19 @@ neighborhood holds P points, P = 30), mu and sigma as the mean and standard devi
 reference rows left out of their own sum, each with its own label as c. Cosine sees the direction
 of a representation and euclidean its position, including its norm (inputs scaled far out keep
 their direction).
+
+A layer can enter one-sided instead: each of its terms adds max(0, f_{l,g} - z_{l,g}(x)), with
+z = (m - mu) / sigma and the floor f_{l,g} the q-quantile of z over the same left-out reference
+rows (q = 0.01 by default). Such a term is silent while the layer's mass stays within the range
+it takes on in-distribution data and adds the shortfall below it: a low layer whose features
+see unseen classes as typical (digits are all made of the same strokes) but other kinds of data
+as far off can then flag the latter without adding noise to the ranking of the former.
 The calibration split is then scored with this a(x), so the conformal flag keeps its guarantee.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +43,25 @@ from snnl.scoring.nonconformity import MassTerm, NeighborMass
 from snnl.scoring.temperature_rule import perplexity_temperature
 
 DEFAULT_PERPLEXITY = 30.0
+DEFAULT_FLOOR_QUANTILE = 0.01
 GEOMETRIES: tuple[Distance, ...] = ("cosine", "euclidean")
 _CHUNK = 4096
+
+
+def check_one_sided(
+    layers: Sequence[str], one_sided: Collection[str], floor_quantile: float
+) -> None:
+    """InputError unless the ``one_sided`` layers are among ``layers``, at least one layer stays
+    two-sided and 0 <= ``floor_quantile`` < 1."""
+    unknown = sorted(set(one_sided) - set(layers))
+    if unknown:
+        raise InputError(f"one-sided layers {unknown} are not served (served: {list(layers)})")
+    if not set(layers) - set(one_sided):
+        raise InputError(
+            f"one-sided layers {sorted(one_sided)}: at least one served layer must stay two-sided"
+        )
+    if not 0 <= floor_quantile < 1:
+        raise InputError(f"floor quantile: expected 0 <= q < 1, got {floor_quantile}")
 
 
 def fit_neighbor_mass(
@@ -46,18 +70,22 @@ def fit_neighbor_mass(
     *,
     perplexity: float = DEFAULT_PERPLEXITY,
     geometries: Sequence[Distance] = GEOMETRIES,
+    one_sided: Collection[str] = (),
+    floor_quantile: float = DEFAULT_FLOOR_QUANTILE,
     max_stat_rows: int = 2000,
     seed: int = 0,
 ) -> NeighborMass:
     """The manifest's neighbor-mass section fitted on reference features {layer: (N, d_l)} and
-    labels (N,), in float64 on the CPU; mu and sigma over at most ``max_stat_rows`` reference rows
-    (stratified, seeded), each left out of its own class's sum. The features keep their dtype
-    (rows are converted to float64 in bounded blocks as they are used) and are copied only when
-    the labels are not sorted already."""
+    labels (N,), in float64 on the CPU; mu, sigma and (for the ``one_sided`` layers) the floor at
+    ``floor_quantile`` over at most ``max_stat_rows`` reference rows (stratified, seeded), each
+    left out of its own class's sum. The features keep their dtype (rows are converted to
+    float64 in bounded blocks as they are used) and are copied only when the labels are not
+    sorted already."""
     if not perplexity > 1:
         raise InputError(f"perplexity: expected > 1, got {perplexity}")
     if not geometries:
         raise InputError("geometries: expected at least one distance")
+    check_one_sided(list(features), one_sided, floor_quantile)
     y = np.asarray(torch.as_tensor(labels).cpu())
     if y.ndim != 1 or len(y) < 3 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise InputError(
@@ -83,13 +111,11 @@ def fit_neighbor_mass(
             loo = class_mean_log_mass(
                 x, sorted_labels, num_classes, term, h, classes, _CHUNK, rows, dtype=torch.float64
             )
+            mean, std = float(loo.mean()), max(float(loo.std(correction=0)), 1e-12)
+            floor = None
+            if layer in one_sided:
+                floor = float(torch.quantile((loo - mean) / std, floor_quantile))
             terms.append(
-                MassTerm(
-                    layer=layer,
-                    distance=g,
-                    temperature=t,
-                    mean=float(loo.mean()),
-                    std=max(float(loo.std(correction=0)), 1e-12),
-                )
+                MassTerm(layer=layer, distance=g, temperature=t, mean=mean, std=std, floor=floor)
             )
     return NeighborMass(perplexity=perplexity, terms=terms)

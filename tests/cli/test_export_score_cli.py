@@ -204,6 +204,23 @@ def test_export_refuses_to_replace_a_model_without_force(
     assert "2025-01-01T00:00:00Z" in manifest.read_text()
 
 
+def test_export_one_sided_layers(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    export = ["export", "run", "--repository", "models", "--device", "cpu"]
+    assert main([*export, "--name", "gated", "--one-sided", "fc1", "--floor-quantile", "0.05"]) == 0
+    terms = json.loads((workdir / "models" / "gated" / "manifest.json").read_text())[
+        "nonconformity"
+    ]["terms"]
+    assert [t["floor"] is not None for t in terms] == [t["layer"] == "fc1" for t in terms]
+    capsys.readouterr()
+    assert main([*export, "--name", "bad", "--one-sided", "fc1,fc2,fc3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least one served layer must stay two-sided" in err
+    assert not (workdir / "models" / "bad").exists()
+
+
 def test_score_draws_a_progress_bar_only_on_a_terminal(workdir: Path) -> None:
     """Without a terminal stderr holds only the summary; with one (a pseudo-terminal) tqdm
     draws its bar there."""

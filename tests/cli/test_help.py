@@ -85,6 +85,7 @@ def test_every_option_has_help_and_shows_its_default(
         ("NONCONFORMITY_KINDS", "snnl.scoring.nonconformity", "NONCONFORMITY_KINDS"),
         ("DEFAULT_NONCONFORMITY", "snnl.build.assemble", "DEFAULT_NONCONFORMITY"),
         ("DEFAULT_RULE", "snnl.scoring.temperature_rule", "DEFAULT_RULE"),
+        ("DEFAULT_FLOOR_QUANTILE", "snnl.scoring.neighbor_mass", "DEFAULT_FLOOR_QUANTILE"),
         ("DEFAULT_LAYER", "snnl.build.from_embeddings", "DEFAULT_LAYER"),
         ("TRANSFORMS", "snnl.evaluation.ood_sets", "TRANSFORMS"),
         ("GUARANTEES", "snnl.scoring.guarantees", "GUARANTEES"),

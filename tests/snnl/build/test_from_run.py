@@ -142,6 +142,40 @@ def test_export_chooses_the_neighbor_mass_terms(
     assert all(t.temperature < wide[t.layer] for t in chosen.terms)
 
 
+def test_export_makes_chosen_layers_one_sided(
+    run_dir: Path, repository: Path, tmp_path: Path
+) -> None:
+    """mass_one_sided gives that layer's terms a floor (the others keep the default export's
+    terms), and the served a(x) adds only the shortfall below it: at least the two-sided
+    layer's sum, more only where that layer's mass is below its floor."""
+    default = load_manifest(repository, "tiny").nonconformity
+    manifest = export_run(
+        run_dir, tmp_path, "gated", created=CREATED, device="cpu", mass_one_sided=["fc1"],
+        mass_floor_quantile=0.2,
+    )  # fmt: skip
+    terms = manifest.nonconformity.terms
+    assert [t.floor is not None for t in terms] == [t.layer == "fc1" for t in terms]
+    assert [t for t in terms if t.layer == "fc2"] == [t for t in default.terms if t.layer == "fc2"]
+    detector = Detector.load(tmp_path, "gated", device="cpu")
+    x = load_run(run_dir).split.x_test
+    log_mass = detector.uncalibrated_scores(x).log_mass
+    z = np.stack([(log_mass[:, k] - t.mean) / t.std for k, t in enumerate(terms)], axis=1)
+    low = np.array([t.layer == "fc1" for t in terms])
+    shortfall = np.maximum(np.array([t.floor or 0.0 for t in terms])[low] - z[:, low], 0)
+    a = detector.score(x).nonconformity
+    np.testing.assert_allclose(a, -z[:, ~low].sum(1) + shortfall.sum(1), rtol=1e-9, atol=1e-9)
+    assert 0 < np.count_nonzero(shortfall.sum(1)) < len(x)
+    for options, match in [
+        ({"mass_one_sided": ["head"]}, r"one-sided layers \['head'\] are not served"),
+        ({"mass_one_sided": ["fc1", "fc2"]}, "must stay two-sided"),
+        ({"mass_one_sided": ["fc1"], "nonconformity": "neg-log-score"}, "neighbor-mass"),
+        ({"mass_one_sided": ["fc1"], "mass_floor_quantile": -0.1}, "floor quantile"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            export_run(run_dir, tmp_path, "bad", device="cpu", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_export_is_deterministic(run_dir: Path, repository: Path, tmp_path: Path) -> None:
     export_run(run_dir, tmp_path, "tiny", created=CREATED, device="cpu")
     for file in ("manifest.json", ONNX_FILE, REFERENCE_FILE, CALIBRATION_FILE):

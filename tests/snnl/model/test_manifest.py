@@ -33,6 +33,13 @@ def test_nonconformity_section() -> None:
     manifest = _manifest(nonconformity=mass)
     assert manifest.nonconformity.kind == "neighbor-mass"
     assert Manifest.model_validate_json(manifest.to_json()) == manifest
+    assert manifest.nonconformity.terms[0].floor is None  # two-sided unless a floor is stored
+    one_sided = {**term, "std": 0.5, "floor": -2.25}
+    both = _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5}, one_sided]})
+    assert Manifest.model_validate_json(both.to_json()) == both
+    assert [t.floor for t in both.nonconformity.terms] == [None, -2.25]
+    with pytest.raises(ValueError, match="two-sided"):
+        _manifest(nonconformity={**mass, "terms": [one_sided]})
     with pytest.raises(ValueError, match="not served"):
         _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "layer": "fc9"}]})
     with pytest.raises(ValueError, match="std"):

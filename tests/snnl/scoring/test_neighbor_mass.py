@@ -103,6 +103,49 @@ def test_fit_and_nonconformity_match_loops(
     np.testing.assert_allclose(spec.from_log_mass(log_mass), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("quantile", [0.0, 0.1, 0.5])
+def test_one_sided_layer_floor_and_nonconformity_match_loops(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], quantile: float
+) -> None:
+    """A one-sided layer's floor is the quantile of z over the left-out reference rows, and its
+    terms add max(0, floor - z): nothing above the floor; the two-sided layer adds -z."""
+    ref, y, _ = data
+    features = {"low": ref, "high": ref[:, :2] * 3.0}
+    spec = fit_neighbor_mass(
+        features, y, perplexity=5.0, one_sided=["low"], floor_quantile=quantile
+    )
+    for term in spec.terms:
+        r = features[term.layer]
+        loo = np.array(
+            [slow_mass(r[j], r, y, y[j], term.temperature, term.distance, j) for j in range(60)]
+        )
+        z = (loo - term.mean) / term.std
+        if term.layer == "high":
+            assert term.floor is None
+        else:
+            assert term.floor == pytest.approx(np.quantile(z, quantile), rel=1e-8, abs=1e-12)
+    # z of each term for 5 samples: at the floors, above, below by 1 and 2.5 std, mixed
+    floors = np.array([t.floor if t.floor is not None else 0.0 for t in spec.terms])
+    z = np.array(
+        [floors, floors + 1.0, floors - 1.0, floors - 2.5, floors + np.array([-1.0, 0.5, 0, 0])]
+    )
+    mean = np.array([t.mean for t in spec.terms])
+    std = np.array([t.std for t in spec.terms])
+    a = spec.from_log_mass(mean + std * z)
+    two_sided = -z[:, 2:].sum(axis=1)
+    np.testing.assert_allclose(a - two_sided, [0.0, 0.0, 2.0, 5.0, 1.0], atol=1e-9)
+
+
+def test_one_sided_bad_options(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    ref, y, _ = data
+    with pytest.raises(InputError, match=r"one-sided layers \['c'\] are not served"):
+        fit_neighbor_mass({"a": ref}, y, one_sided=["c"])
+    with pytest.raises(InputError, match="must stay two-sided"):
+        fit_neighbor_mass({"a": ref}, y, one_sided=["a"])
+    with pytest.raises(InputError, match="floor quantile"):
+        fit_neighbor_mass({"a": ref, "b": ref}, y, one_sided=["a"], floor_quantile=1.0)
+
+
 def test_stats_use_a_subsample_of_the_reference(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
