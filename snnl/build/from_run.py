@@ -176,9 +176,7 @@ def export_run(
     if unknown:
         raise InputError(f"--layers: {unknown} not among the run's {config.hidden_layers}")
     if mass_one_sided and nonconformity != "neighbor-mass":
-        raise InputError(
-            f"one-sided layers need the neighbor-mass nonconformity, not {nonconformity}"
-        )
+        raise InputError(f"--one-sided needs --nonconformity neighbor-mass, got {nonconformity}")
     check_one_sided(served, mass_one_sided, mass_floor_quantile)
     model = export_onnx(net, served, config.input_shape)
     verify_onnx(model, net, served, split.x_test[:256])

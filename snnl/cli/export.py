@@ -82,9 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--floor-quantile",
         type=float,
-        default=DEFAULT_FLOOR_QUANTILE,
-        help=f"floor of the one-sided terms, a quantile of the reference (default "
-        f"{DEFAULT_FLOOR_QUANTILE})",
+        help=f"floor of the one-sided terms, a quantile of the reference; only with --one-sided "
+        f"(default {DEFAULT_FLOOR_QUANTILE})",
     )
     parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"
@@ -109,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from snnl.build.from_run import export_run
     from snnl.evaluation.report import format_temperature
 
+    if args.floor_quantile is not None and not args.one_sided:
+        raise InputError("--floor-quantile: only means something with --one-sided LAYERS")
     target = args.repository / args.name
     if target.exists() and not args.force:
         raise InputError(f"--name {args.name}: {target} exists; add --force to replace it")
@@ -126,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         temperature_rule=args.temperature_rule,
         nonconformity=args.nonconformity,
         mass_one_sided=args.one_sided,
-        mass_floor_quantile=args.floor_quantile,
+        mass_floor_quantile=(
+            DEFAULT_FLOOR_QUANTILE if args.floor_quantile is None else args.floor_quantile
+        ),
         layers=args.layers,
         created=args.created,
         device=args.device,

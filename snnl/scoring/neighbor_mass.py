@@ -52,16 +52,18 @@ def check_one_sided(
     layers: Sequence[str], one_sided: Collection[str], floor_quantile: float
 ) -> None:
     """InputError unless the ``one_sided`` layers are among ``layers``, at least one layer stays
-    two-sided and 0 <= ``floor_quantile`` < 1."""
+    two-sided and 0 <= ``floor_quantile`` < 1; the messages name the options of ``snnl
+    export`` (--one-sided, --floor-quantile)."""
     unknown = sorted(set(one_sided) - set(layers))
     if unknown:
-        raise InputError(f"one-sided layers {unknown} are not served (served: {list(layers)})")
+        raise InputError(f"--one-sided: layers {unknown} are not served (served: {list(layers)})")
     if not set(layers) - set(one_sided):
         raise InputError(
-            f"one-sided layers {sorted(one_sided)}: at least one served layer must stay two-sided"
+            f"--one-sided {','.join(sorted(one_sided))}: at least one served layer must stay "
+            "two-sided"
         )
     if not 0 <= floor_quantile < 1:
-        raise InputError(f"floor quantile: expected 0 <= q < 1, got {floor_quantile}")
+        raise InputError(f"--floor-quantile: expected 0 <= q < 1, got {floor_quantile}")
 
 
 def fit_neighbor_mass(

@@ -70,6 +70,8 @@ class NeighborMass:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.perplexity) and self.perplexity > 1):
             raise ValueError(f"perplexity: expected a finite number > 1, got {self.perplexity}")
+        if not self.terms:
+            raise ValueError("terms: expected at least one term")
         if all(t.floor is not None for t in self.terms):
             raise ValueError("terms: expected at least one term without a floor (two-sided)")
 

@@ -209,15 +209,23 @@ def test_export_one_sided_layers(
 ) -> None:
     monkeypatch.chdir(workdir)
     export = ["export", "run", "--repository", "models", "--device", "cpu"]
-    assert main([*export, "--name", "gated", "--one-sided", "fc1", "--floor-quantile", "0.05"]) == 0
-    terms = json.loads((workdir / "models" / "gated" / "manifest.json").read_text())[
-        "nonconformity"
-    ]["terms"]
-    assert [t["floor"] is not None for t in terms] == [t["layer"] == "fc1" for t in terms]
+    floors = {}
+    for q in ("0.05", "0.5"):
+        assert main([*export, "--name", f"q{q}", "--one-sided", "fc1", "--floor-quantile", q]) == 0
+        manifest = json.loads((workdir / "models" / f"q{q}" / "manifest.json").read_text())
+        terms = manifest["nonconformity"]["terms"]
+        assert [t["floor"] is not None for t in terms] == [t["layer"] == "fc1" for t in terms]
+        floors[q] = [t["floor"] for t in terms if t["layer"] == "fc1"]
+    assert all(low < high for low, high in zip(floors["0.05"], floors["0.5"], strict=True))
     capsys.readouterr()
-    assert main([*export, "--name", "bad", "--one-sided", "fc1,fc2,fc3"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "at least one served layer must stay two-sided" in err
+    for bad, message in [
+        (["--one-sided", "fc1,fc2,fc3"], "--one-sided fc1,fc2,fc3: at least one served layer"),
+        (["--one-sided", "fc1", "--floor-quantile", "1.5"], "--floor-quantile: expected 0 <= q"),
+        (["--floor-quantile", "0.05"], "--floor-quantile: only means something with --one-sided"),
+    ]:
+        assert main([*export, "--name", "bad", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
     assert not (workdir / "models" / "bad").exists()
 
 

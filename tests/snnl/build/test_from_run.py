@@ -166,10 +166,13 @@ def test_export_makes_chosen_layers_one_sided(
     np.testing.assert_allclose(a, -z[:, ~low].sum(1) + shortfall.sum(1), rtol=1e-9, atol=1e-9)
     assert 0 < np.count_nonzero(shortfall.sum(1)) < len(x)
     for options, match in [
-        ({"mass_one_sided": ["head"]}, r"one-sided layers \['head'\] are not served"),
+        ({"mass_one_sided": ["head"]}, r"--one-sided: layers \['head'\] are not served"),
         ({"mass_one_sided": ["fc1", "fc2"]}, "must stay two-sided"),
-        ({"mass_one_sided": ["fc1"], "nonconformity": "neg-log-score"}, "neighbor-mass"),
-        ({"mass_one_sided": ["fc1"], "mass_floor_quantile": -0.1}, "floor quantile"),
+        (
+            {"mass_one_sided": ["fc1"], "nonconformity": "neg-log-score"},
+            "--nonconformity neighbor-mass",
+        ),
+        ({"mass_one_sided": ["fc1"], "mass_floor_quantile": -0.1}, "--floor-quantile"),
     ]:
         with pytest.raises(InputError, match=match):
             export_run(run_dir, tmp_path, "bad", device="cpu", **options)  # type: ignore[arg-type]

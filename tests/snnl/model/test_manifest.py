@@ -40,6 +40,9 @@ def test_nonconformity_section() -> None:
     assert [t.floor for t in both.nonconformity.terms] == [None, -2.25]
     with pytest.raises(ValueError, match="two-sided"):
         _manifest(nonconformity={**mass, "terms": [one_sided]})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="floor"):
+            _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "floor": bad}]})
     with pytest.raises(ValueError, match="not served"):
         _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "layer": "fc9"}]})
     with pytest.raises(ValueError, match="std"):

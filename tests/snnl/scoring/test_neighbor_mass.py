@@ -138,12 +138,13 @@ def test_one_sided_layer_floor_and_nonconformity_match_loops(
 
 def test_one_sided_bad_options(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     ref, y, _ = data
-    with pytest.raises(InputError, match=r"one-sided layers \['c'\] are not served"):
+    with pytest.raises(InputError, match=r"--one-sided: layers \['c'\] are not served"):
         fit_neighbor_mass({"a": ref}, y, one_sided=["c"])
     with pytest.raises(InputError, match="must stay two-sided"):
         fit_neighbor_mass({"a": ref}, y, one_sided=["a"])
-    with pytest.raises(InputError, match="floor quantile"):
-        fit_neighbor_mass({"a": ref, "b": ref}, y, one_sided=["a"], floor_quantile=1.0)
+    for bad in (1.0, -0.01, float("nan")):
+        with pytest.raises(InputError, match="--floor-quantile: expected 0 <= q < 1"):
+            fit_neighbor_mass({"a": ref, "b": ref}, y, one_sided=["a"], floor_quantile=bad)
 
 
 def test_stats_use_a_subsample_of_the_reference(
