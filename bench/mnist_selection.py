@@ -94,16 +94,17 @@ def fold(
     train_kwargs: dict[str, object],
     reuse: bool,
     far: bool = False,
+    seed: int = 0,
 ) -> list[dict[str, object]]:
     """Train on ``known`` minus ``held_out`` (or, with ``reuse``, load the run already under
     ``work``); evaluate each export ({name: export_run options}) against the held-out class
     (first ``limit`` images) and, with ``far``, against ``far_proxies`` of its next ``limit``
-    images."""
+    images. ``seed`` seeds the fold's run (its split, initialization and batches)."""
     x, y = load_mnist("train")
     classes = [c for c in known if c != held_out]
     settings = TrainSettings(
         dataset=str(train_file), classes=classes, arch="cnn2d", factor=factor, epochs=epochs,
-        seed=0, calibration_fraction=0.05, test_fraction=0.1, net_kwargs=net_kwargs,
+        seed=seed, calibration_fraction=0.05, test_fraction=0.1, net_kwargs=net_kwargs,
         **train_kwargs,
     )  # fmt: skip
     start = time.perf_counter()
@@ -131,6 +132,7 @@ def fold(
                 "net_kwargs": net_kwargs,
                 "train_kwargs": train_kwargs,
                 "epochs": epochs,
+                "seed": seed,
                 "layers": name,
                 "export": options,
                 "val_accuracy": history[-1]["test_accuracy"],
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--far", action="store_true", help="also score the far-OOD stand-ins (far_proxies)"
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed of the fold runs (split, init, batches)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 work = root / f"{held_out}_{factor}"
                 rows += fold(
                     train_file, known, held_out, factor, args.epochs, work, args.limit, chosen,
-                    args.net_kwargs, args.train_kwargs, args.reuse, args.far,
+                    args.net_kwargs, args.train_kwargs, args.reuse, args.far, args.seed,
                 )  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
