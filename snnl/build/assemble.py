@@ -23,7 +23,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,8 @@ class ModelRecipe:
     mass_perplexity: float = DEFAULT_PERPLEXITY
     mass_one_sided: Sequence[str] = ()
     mass_floor_quantile: float = DEFAULT_FLOOR_QUANTILE
+    mass_layer_weights: Mapping[str, float] = field(default_factory=dict)
+    mass_geometry_weights: Mapping[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +162,8 @@ def _nonconformity(recipe: ModelRecipe, served: ReferenceSet, seed: int) -> Nonc
         geometries=recipe.mass_geometries,
         one_sided=recipe.mass_one_sided,
         floor_quantile=recipe.mass_floor_quantile,
+        layer_weights=recipe.mass_layer_weights,
+        geometry_weights=recipe.mass_geometry_weights,
         seed=seed,
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from snnl.scoring.neighbor_mass import (
     DEFAULT_PERPLEXITY,
     GEOMETRIES,
     check_one_sided,
+    check_weights,
 )
 from snnl.scoring.temperature_rule import DEFAULT_RULE
 from snnl.training.loop import load_run
@@ -160,6 +161,8 @@ def export_run(
     mass_perplexity: float = DEFAULT_PERPLEXITY,
     mass_one_sided: Sequence[str] = (),
     mass_floor_quantile: float = DEFAULT_FLOOR_QUANTILE,
+    mass_layer_weights: Mapping[str, float] | None = None,
+    mass_geometry_weights: Mapping[str, float] | None = None,
     layers: Sequence[str] | None = None,
     created: str | None = None,
     device: str = "auto",
@@ -168,16 +171,31 @@ def export_run(
 
     ``mass_geometries`` and ``mass_perplexity``: the distances and the perplexity P of the
     neighbor-mass nonconformity's terms; ``mass_one_sided``: served layers whose terms are
-    one-sided, with floors at ``mass_floor_quantile`` (``snnl.scoring.neighbor_mass``)."""
+    one-sided, with floors at ``mass_floor_quantile``; ``mass_layer_weights`` and
+    ``mass_geometry_weights``: {layer: w} and {distance: w}, each term weighted by the product
+    (a name left out: 1) (``snnl.scoring.neighbor_mass``)."""
     run = load_run(run_dir)
     config, split, net = run.config, run.split, run.net.cpu().eval()
     served = tuple(layers) if layers else tuple(config.hidden_layers)
     unknown = [layer for layer in served if layer not in config.hidden_layers]
     if unknown:
         raise InputError(f"--layers: {unknown} not among the run's {config.hidden_layers}")
-    if mass_one_sided and nonconformity != "neighbor-mass":
-        raise InputError(f"--one-sided needs --nonconformity neighbor-mass, got {nonconformity}")
+    layer_weights, geometry_weights = (
+        dict(mass_layer_weights or {}),
+        dict(mass_geometry_weights or {}),
+    )
+    if nonconformity != "neighbor-mass":
+        for option, chosen in (
+            ("--one-sided", mass_one_sided),
+            ("--layer-weights", layer_weights),
+            ("--geometry-weights", geometry_weights),
+        ):
+            if chosen:
+                raise InputError(
+                    f"{option} needs --nonconformity neighbor-mass, got {nonconformity}"
+                )
     check_one_sided(served, mass_one_sided, mass_floor_quantile)
+    check_weights(served, mass_geometries, layer_weights, geometry_weights)
     model = export_onnx(net, served, config.input_shape)
     verify_onnx(model, net, served, split.x_test[:256])
     x_cal, y_cal, x_test, y_test = (
@@ -215,6 +233,8 @@ def export_run(
         mass_perplexity=mass_perplexity,
         mass_one_sided=tuple(mass_one_sided),
         mass_floor_quantile=mass_floor_quantile,
+        mass_layer_weights=layer_weights,
+        mass_geometry_weights=geometry_weights,
         reference_dtype=reference_dtype,
         alpha=ALPHA,
         guarantee=guarantee,

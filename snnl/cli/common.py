@@ -110,6 +110,24 @@ def comma_list(text: str) -> list[str]:
     return names
 
 
+def weight_map(text: str) -> dict[str, float]:
+    """argparse type: "conv2=2, cosine=0.5" -> {"conv2": 2.0, "cosine": 0.5}; at least one
+    name=weight pair, each name once (the weights are checked where they are used)."""
+    weights: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not part or not sep or not name.strip() or weight is None:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT pairs, got {part!r}")
+        if name.strip() in weights:
+            raise argparse.ArgumentTypeError(f"{name.strip()} given twice")
+        weights[name.strip()] = weight
+    return weights
+
+
 def class_ids(text: str) -> list[int]:
     """argparse type: "0,1,2" -> [0, 1, 2]; at least one id."""
     try:

@@ -22,6 +22,7 @@ from snnl.cli.common import (
     TEMPERATURE_RULE_HELP,
     add_guarantee_options,
     comma_list,
+    weight_map,
 )
 from snnl.errors import InputError
 
@@ -86,6 +87,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"(default {DEFAULT_FLOOR_QUANTILE})",
     )
     parser.add_argument(
+        "--layer-weights",
+        type=weight_map,
+        default={},
+        metavar="LAYER=W,...",
+        help="weights of the served layers' neighbor-mass terms, e.g. conv2=2 (default: 1 each)",
+    )
+    parser.add_argument(
+        "--geometry-weights",
+        type=weight_map,
+        default={},
+        metavar="DISTANCE=W,...",
+        help="weights of the neighbor-mass terms per distance (cosine, euclidean), multiplied "
+        "with the layer's, e.g. cosine=2 (default: 1 each)",
+    )
+    parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"
     )
     parser.add_argument("--temperature-rule", default=DEFAULT_RULE, help=TEMPERATURE_RULE_HELP)
@@ -127,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         temperature_rule=args.temperature_rule,
         nonconformity=args.nonconformity,
         mass_one_sided=args.one_sided,
+        mass_layer_weights=args.layer_weights,
+        mass_geometry_weights=args.geometry_weights,
         mass_floor_quantile=(
             DEFAULT_FLOOR_QUANTILE if args.floor_quantile is None else args.floor_quantile
         ),

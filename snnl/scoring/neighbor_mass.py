@@ -25,10 +25,14 @@ it takes on in-distribution data and adds the shortfall below it: a low layer wh
 see unseen classes as typical (digits are all made of the same strokes) but other kinds of data
 as far off can then flag the latter without adding noise to the ranking of the former.
 The calibration split is then scored with this a(x), so the conformal flag keeps its guarantee.
+
+Each term can carry a weight w_{l,g} = w_l * w_g > 0, a layer's weight times a geometry's (1
+unless chosen at export): a(x) then sums w_{l,g} times each term's contribution above.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -66,6 +70,27 @@ def check_one_sided(
         raise InputError(f"--floor-quantile: expected 0 <= q < 1, got {floor_quantile}")
 
 
+def check_weights(
+    layers: Collection[str],
+    geometries: Collection[str],
+    layer_weights: Mapping[str, float],
+    geometry_weights: Mapping[str, float],
+) -> None:
+    """InputError unless ``layer_weights`` name served ``layers`` only, ``geometry_weights``
+    the neighbor mass's ``geometries`` only, and every weight is finite and > 0; the messages
+    name the options of ``snnl export`` (--layer-weights, --geometry-weights)."""
+    for option, weights, known in (
+        ("--layer-weights", layer_weights, layers),
+        ("--geometry-weights", geometry_weights, geometries),
+    ):
+        unknown = sorted(set(weights) - set(known))
+        if unknown:
+            raise InputError(f"{option}: {unknown} not among {sorted(known)}")
+        for name, weight in weights.items():
+            if not (math.isfinite(weight) and weight > 0):
+                raise InputError(f"{option}: {name}={weight}: expected a finite weight > 0")
+
+
 def fit_neighbor_mass(
     features: Mapping[str, np.ndarray | torch.Tensor],
     labels: np.ndarray | torch.Tensor,
@@ -74,20 +99,25 @@ def fit_neighbor_mass(
     geometries: Sequence[Distance] = GEOMETRIES,
     one_sided: Collection[str] = (),
     floor_quantile: float = DEFAULT_FLOOR_QUANTILE,
+    layer_weights: Mapping[str, float] | None = None,
+    geometry_weights: Mapping[str, float] | None = None,
     max_stat_rows: int = 2000,
     seed: int = 0,
 ) -> NeighborMass:
     """The manifest's neighbor-mass section fitted on reference features {layer: (N, d_l)} and
     labels (N,), in float64 on the CPU; mu, sigma and (for the ``one_sided`` layers) the floor at
     ``floor_quantile`` over at most ``max_stat_rows`` reference rows (stratified, seeded), each
-    left out of its own class's sum. The features keep their dtype (rows are converted to
-    float64 in bounded blocks as they are used) and are copied only when the labels are not
-    sorted already."""
+    left out of its own class's sum; each term's weight is ``layer_weights[layer]`` times
+    ``geometry_weights[distance]`` (a name left out: 1). The features keep their dtype (rows
+    are converted to float64 in bounded blocks as they are used) and are copied only when the
+    labels are not sorted already."""
     if not perplexity > 1:
         raise InputError(f"perplexity: expected > 1, got {perplexity}")
     if not geometries:
         raise InputError("geometries: expected at least one distance")
     check_one_sided(list(features), one_sided, floor_quantile)
+    layer_weights, geometry_weights = dict(layer_weights or {}), dict(geometry_weights or {})
+    check_weights(list(features), geometries, layer_weights, geometry_weights)
     y = np.asarray(torch.as_tensor(labels).cpu())
     if y.ndim != 1 or len(y) < 3 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise InputError(
@@ -117,7 +147,16 @@ def fit_neighbor_mass(
             floor = None
             if layer in one_sided:
                 floor = float(torch.quantile((loo - mean) / std, floor_quantile))
+            weight = layer_weights.get(layer, 1.0) * geometry_weights.get(g, 1.0)
             terms.append(
-                MassTerm(layer=layer, distance=g, temperature=t, mean=mean, std=std, floor=floor)
+                MassTerm(
+                    layer=layer,
+                    distance=g,
+                    temperature=t,
+                    mean=mean,
+                    std=std,
+                    floor=floor,
+                    weight=weight,
+                )
             )
     return NeighborMass(perplexity=perplexity, terms=terms)

@@ -33,9 +33,9 @@ def neg_log_score(log_score: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MassTerm:
     """One term of the neighbor-mass nonconformity: m of ``layer`` under ``distance`` at
-    ``temperature`` (> 0), standardized as z = (m - mean) / std (std > 0). It adds -z to a(x);
-    a one-sided term (``floor`` set) adds max(0, floor - z) instead: nothing while z stays at or
-    above the floor, the shortfall below it otherwise."""
+    ``temperature`` (> 0), standardized as z = (m - mean) / std (std > 0). It adds -w z to
+    a(x), w = ``weight`` (> 0); a one-sided term (``floor`` set) adds w max(0, floor - z)
+    instead: nothing while z stays at or above the floor, the shortfall below it otherwise."""
 
     layer: str
     distance: Distance
@@ -43,25 +43,30 @@ class MassTerm:
     mean: float
     std: float
     floor: float | None = None
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.layer:
             raise ValueError("layer: expected a non-empty layer name")
-        for name in ("temperature", "mean", "std"):
+        for name in ("temperature", "mean", "std", "weight"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
-        if not self.temperature > 0 or not self.std > 0:
-            raise ValueError(f"temperature and std must be > 0, got {self.temperature}, {self.std}")
+        if not self.temperature > 0 or not self.std > 0 or not self.weight > 0:
+            raise ValueError(
+                "temperature, std and weight must be > 0, got "
+                f"{self.temperature}, {self.std}, {self.weight}"
+            )
         if self.floor is not None and not math.isfinite(self.floor):
             raise ValueError(f"floor: expected a finite number or null, got {self.floor}")
 
 
 @dataclass(frozen=True)
 class NeighborMass:
-    """a(x) = sum_t c_t(x) over the terms, c_t = -z_t or, for a one-sided term, max(0, floor_t -
-    z_t), with z_t = (m_t(x) - mean_t) / std_t and m_t the soft-neighbor mass of the predicted
-    class (snnl.scoring.neighbor_mass); temperatures by the perplexity rule at ``perplexity``
-    (> 1); at least one term that is not one-sided."""
+    """a(x) = sum_t w_t c_t(x) over the terms, c_t = -z_t or, for a one-sided term, max(0,
+    floor_t - z_t), with w_t the term's weight (1 unless chosen at export), z_t = (m_t(x) -
+    mean_t) / std_t and m_t the soft-neighbor mass of the predicted class
+    (snnl.scoring.neighbor_mass); temperatures by the perplexity rule at ``perplexity`` (> 1);
+    at least one term that is not one-sided."""
 
     perplexity: float
     terms: list[MassTerm]
@@ -85,17 +90,18 @@ class NeighborMass:
         return self.from_log_mass(scores.log_mass)
 
     def from_log_mass(self, log_mass: np.ndarray) -> np.ndarray:
-        """a (B,) = sum_t c_t from the terms' masses ``log_mass`` (B, K)."""
+        """a (B,) = sum_t w_t c_t from the terms' masses ``log_mass`` (B, K)."""
         m = np.asarray(log_mass, dtype=np.float64)
         if m.ndim != 2 or m.shape[1] != len(self.terms):
             raise ValueError(f"log_mass must be (B, {len(self.terms)}), got {m.shape}")
         mean = np.array([t.mean for t in self.terms])
         std = np.array([t.std for t in self.terms])
         floor = np.array([np.nan if t.floor is None else t.floor for t in self.terms])
+        weight = np.array([t.weight for t in self.terms])
         z = (m - mean) / std
         one_sided = ~np.isnan(floor)
         contribution = np.where(one_sided, np.maximum(floor - z, 0.0), 0.0 - z)
-        return contribution.sum(axis=1)
+        return (contribution * weight).sum(axis=1)
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,39 @@ def test_export_one_sided_layers(
     assert not (workdir / "models" / "bad").exists()
 
 
+def test_export_term_weights(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    export = ["export", "run", "--repository", "models", "--device", "cpu"]
+    weights = ["--layer-weights", "fc2=2", "--geometry-weights", "cosine=0.5,euclidean=3"]
+    assert main([*export, "--name", "weighted", *weights]) == 0
+    manifest = json.loads((workdir / "models" / "weighted" / "manifest.json").read_text())
+    terms = manifest["nonconformity"]["terms"]
+    assert {(t["layer"], t["distance"]): t["weight"] for t in terms} == {
+        ("fc1", "cosine"): 0.5, ("fc1", "euclidean"): 3.0,
+        ("fc2", "cosine"): 1.0, ("fc2", "euclidean"): 6.0,
+        ("fc3", "cosine"): 0.5, ("fc3", "euclidean"): 3.0,
+    }  # fmt: skip
+    capsys.readouterr()
+    for bad, message in [
+        (["--layer-weights", "fc9=2"], "--layer-weights: ['fc9'] not among ['fc1', 'fc2', 'fc3']"),
+        (["--layer-weights", "fc1=0"], "--layer-weights: fc1=0.0: expected a finite weight > 0"),
+        (["--layer-weights", "fc1"], "expected NAME=WEIGHT pairs, got 'fc1'"),
+        (["--geometry-weights", "cosine=x"], "expected NAME=WEIGHT pairs, got 'cosine=x'"),
+        (["--geometry-weights", "cosine=1,cosine=2"], "cosine given twice"),
+        (["--geometry-weights", "l2=2"], "--geometry-weights: ['l2'] not among"),
+    ]:
+        try:
+            code = main([*export, "--name", "bad", *bad])
+        except SystemExit as exit_:  # argparse rejects a malformed pair itself
+            code = exit_.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (workdir / "models" / "bad").exists()
+
+
 def test_score_draws_a_progress_bar_only_on_a_terminal(workdir: Path) -> None:
     """Without a terminal stderr holds only the summary; with one (a pseudo-terminal) tqdm
     draws its bar there."""

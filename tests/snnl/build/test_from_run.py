@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,43 @@ def test_export_makes_chosen_layers_one_sided(
             "--nonconformity neighbor-mass",
         ),
         ({"mass_one_sided": ["fc1"], "mass_floor_quantile": -0.1}, "--floor-quantile"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            export_run(run_dir, tmp_path, "bad", device="cpu", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_export_weights_the_terms(run_dir: Path, repository: Path, tmp_path: Path) -> None:
+    """Each term's weight is its layer's times its geometry's; the fit is otherwise the default
+    export's, and the served a(x) is the weighted sum of the terms' -z."""
+    default = load_manifest(repository, "tiny").nonconformity
+    manifest = export_run(
+        run_dir, tmp_path, "weighted", created=CREATED, device="cpu",
+        mass_layer_weights={"fc2": 2.0}, mass_geometry_weights={"cosine": 0.5},
+    )  # fmt: skip
+    terms = manifest.nonconformity.terms
+    weights = np.array([t.weight for t in terms])
+    assert weights.tolist() == [
+        (2.0 if t.layer == "fc2" else 1.0) * (0.5 if t.distance == "cosine" else 1.0) for t in terms
+    ]
+    assert [replace(t, weight=1.0) for t in terms] == default.terms
+    detector = Detector.load(tmp_path, "weighted", device="cpu")
+    x = load_run(run_dir).split.x_test
+    log_mass = detector.uncalibrated_scores(x).log_mass
+    z = np.stack([(log_mass[:, k] - t.mean) / t.std for k, t in enumerate(terms)], axis=1)
+    a = detector.score(x).nonconformity
+    np.testing.assert_allclose(a, -(z * weights).sum(1), rtol=1e-9, atol=1e-9)
+    for options, match in [
+        ({"mass_layer_weights": {"head": 2.0}}, r"--layer-weights: \['head'\] not among"),
+        (
+            {"mass_geometries": ["cosine"], "mass_geometry_weights": {"euclidean": 2.0}},
+            r"--geometry-weights: \['euclidean'\] not among \['cosine'\]",
+        ),
+        ({"mass_layer_weights": {"fc1": -1.0}}, "--layer-weights: fc1=-1.0: expected a finite"),
+        (
+            {"mass_geometry_weights": {"cosine": 2.0}, "nonconformity": "neg-log-score"},
+            "--geometry-weights needs --nonconformity neighbor-mass",
+        ),
     ]:
         with pytest.raises(InputError, match=match):
             export_run(run_dir, tmp_path, "bad", device="cpu", **options)  # type: ignore[arg-type]

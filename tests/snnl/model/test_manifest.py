@@ -38,6 +38,13 @@ def test_nonconformity_section() -> None:
     both = _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5}, one_sided]})
     assert Manifest.model_validate_json(both.to_json()) == both
     assert [t.floor for t in both.nonconformity.terms] == [None, -2.25]
+    assert [t.weight for t in both.nonconformity.terms] == [1.0, 1.0]  # unweighted unless stored
+    weighted = _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "weight": 2.5}]})
+    assert Manifest.model_validate_json(weighted.to_json()) == weighted
+    assert weighted.nonconformity.terms[0].weight == 2.5
+    for bad_weight in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="weight"):
+            _manifest(nonconformity={**mass, "terms": [{**term, "std": 0.5, "weight": bad_weight}]})
     with pytest.raises(ValueError, match="two-sided"):
         _manifest(nonconformity={**mass, "terms": [one_sided]})
     for bad in (float("nan"), float("inf")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from snnl.core.kernel import Term
 from snnl.core.temperature import stratified_subsample
 from snnl.errors import InputError
 from snnl.scoring.neighbor_mass import fit_neighbor_mass
+from snnl.scoring.nonconformity import MassTerm
 
 
 def slow_distance(a: np.ndarray, b: np.ndarray, distance: str) -> float:
@@ -145,6 +147,50 @@ def test_one_sided_bad_options(data: tuple[np.ndarray, np.ndarray, np.ndarray]) 
     for bad in (1.0, -0.01, float("nan")):
         with pytest.raises(InputError, match="--floor-quantile: expected 0 <= q < 1"):
             fit_neighbor_mass({"a": ref, "b": ref}, y, one_sided=["a"], floor_quantile=bad)
+
+
+def test_weights_multiply_each_terms_contribution(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """A term's weight is its layer's times its geometry's (1 where none is given); the fit is
+    otherwise that of the unweighted spec, and a(x) sums w_t c_t, one-sided terms included."""
+    ref, y, _ = data
+    features = {"low": ref, "high": ref[:, :2] * 3.0}
+    plain = fit_neighbor_mass(features, y, perplexity=5.0, one_sided=["low"])
+    weighted = fit_neighbor_mass(
+        features, y, perplexity=5.0, one_sided=["low"], layer_weights={"high": 2.0},
+        geometry_weights={"cosine": 0.5},
+    )  # fmt: skip
+    expected = {("low", "cosine"): 0.5, ("low", "euclidean"): 1.0}
+    expected |= {("high", "cosine"): 1.0, ("high", "euclidean"): 2.0}
+    assert [(t.layer, t.distance, t.weight) for t in weighted.terms] == [
+        (t.layer, t.distance, expected[t.layer, t.distance]) for t in plain.terms
+    ]
+    assert [replace(t, weight=1.0) for t in weighted.terms] == plain.terms
+    mean = np.array([t.mean for t in plain.terms])
+    std = np.array([t.std for t in plain.terms])
+    z = np.random.default_rng(0).normal(-1.0, 2.0, size=(7, len(plain.terms)))
+    floors = np.array([np.nan if t.floor is None else t.floor for t in plain.terms])
+    contributions = np.where(np.isnan(floors), -z, np.maximum(floors - z, 0.0))
+    weights = np.array([t.weight for t in weighted.terms])
+    log_mass = mean + std * z
+    np.testing.assert_allclose(weighted.from_log_mass(log_mass), contributions @ weights, rtol=1e-9)
+    np.testing.assert_allclose(plain.from_log_mass(log_mass), contributions.sum(1), rtol=1e-9)
+
+
+def test_weights_bad_options(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    ref, y, _ = data
+    for options, match in [
+        ({"layer_weights": {"c": 2.0}}, r"--layer-weights: \['c'\] not among \['a'\]"),
+        ({"geometry_weights": {"l1": 2.0}}, r"--geometry-weights: \['l1'\] not among"),
+        ({"layer_weights": {"a": 0.0}}, "--layer-weights: a=0.0: expected a finite weight > 0"),
+        ({"geometry_weights": {"cosine": float("inf")}}, "--geometry-weights: cosine=inf"),
+        ({"layer_weights": {"a": float("nan")}}, "--layer-weights: a=nan"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            fit_neighbor_mass({"a": ref}, y, **options)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temperature, std and weight must be > 0"):
+        MassTerm(layer="a", distance="cosine", temperature=1.0, mean=0.0, std=1.0, weight=-1.0)
 
 
 def test_stats_use_a_subsample_of_the_reference(
