@@ -48,7 +48,11 @@ EPOCHS = 10
 NET = {"channels": [32, 64], "hidden": [256]}  # cnn2d widths
 TRAIN: dict[str, Any] = {"lr_schedule": "cosine", "random_shift": 2}  # further TrainSettings
 LAYERS = ("conv1", "conv2", "fc1")
-EXPORT: dict[str, Any] = {"mass_one_sided": ["conv1"]}  # further export_run options
+EXPORT: dict[str, Any] = {  # further export_run options
+    "mass_one_sided": ["conv1"],
+    "mass_layer_weights": {"conv2": 2.0},
+    "mass_geometry_weights": {"cosine": 2.0},
+}
 # Far-OOD subsets (samples per set) keep one split's evaluation near two minutes on 2 cores.
 FAR_LIMITS = {"fashion_mnist": 5000, "noise": 1000, "inverted": 2000, "permuted": 2000}
 DETECTOR_ORDER = ("soft_neighbor", "msp", "energy", "mahalanobis", "knn", "vim")

@@ -148,15 +148,9 @@ def fit_neighbor_mass(
             if layer in one_sided:
                 floor = float(torch.quantile((loo - mean) / std, floor_quantile))
             weight = layer_weights.get(layer, 1.0) * geometry_weights.get(g, 1.0)
-            terms.append(
-                MassTerm(
-                    layer=layer,
-                    distance=g,
-                    temperature=t,
-                    mean=mean,
-                    std=std,
-                    floor=floor,
-                    weight=weight,
-                )
-            )
+            term_spec = MassTerm(
+                layer=layer, distance=g, temperature=t, mean=mean, std=std, floor=floor,
+                weight=weight,
+            )  # fmt: skip
+            terms.append(term_spec)
     return NeighborMass(perplexity=perplexity, terms=terms)
