@@ -111,7 +111,7 @@ def comma_list(text: str) -> list[str]:
 
 
 def weight_map(text: str) -> dict[str, float]:
-    """argparse type: "conv2=2, cosine=0.5" -> {"conv2": 2.0, "cosine": 0.5}; at least one
+    """argparse type: "conv2=2, fc1=0.5" -> {"conv2": 2.0, "fc1": 0.5}; at least one
     name=weight pair, each name once (the weights are checked where they are used)."""
     weights: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",")):

@@ -91,7 +91,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=weight_map,
         default={},
         metavar="LAYER=W,...",
-        help="weights of the served layers' neighbor-mass terms, e.g. conv2=2 (default: 1 each)",
+        help="weights of the served layers' neighbor-mass terms, e.g. conv2=2; a term's weight "
+        "is its layer's times its distance's (--geometry-weights); neighbor-mass only "
+        "(default: 1 each)",
     )
     parser.add_argument(
         "--geometry-weights",
@@ -99,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default={},
         metavar="DISTANCE=W,...",
         help="weights of the neighbor-mass terms per distance (cosine, euclidean), multiplied "
-        "with the layer's, e.g. cosine=2 (default: 1 each)",
+        "with the layer's, e.g. cosine=2; neighbor-mass only (default: 1 each)",
     )
     parser.add_argument(
         "--distance", choices=DISTANCES, default="cosine", help="distance of the served scores"

@@ -77,8 +77,9 @@ def check_weights(
     geometry_weights: Mapping[str, float],
 ) -> None:
     """InputError unless ``layer_weights`` name served ``layers`` only, ``geometry_weights``
-    the neighbor mass's ``geometries`` only, and every weight is finite and > 0; the messages
-    name the options of ``snnl export`` (--layer-weights, --geometry-weights)."""
+    the neighbor mass's ``geometries`` only, and every weight and every term's product of a
+    layer's and a geometry's weight is finite and > 0; the messages name the options of ``snnl
+    export`` (--layer-weights, --geometry-weights)."""
     for option, weights, known in (
         ("--layer-weights", layer_weights, layers),
         ("--geometry-weights", geometry_weights, geometries),
@@ -89,6 +90,14 @@ def check_weights(
         for name, weight in weights.items():
             if not (math.isfinite(weight) and weight > 0):
                 raise InputError(f"{option}: {name}={weight}: expected a finite weight > 0")
+    for layer in layers:
+        for geometry in geometries:
+            weight = layer_weights.get(layer, 1.0) * geometry_weights.get(geometry, 1.0)
+            if not (math.isfinite(weight) and weight > 0):
+                raise InputError(
+                    f"--layer-weights {layer} times --geometry-weights {geometry} is {weight}: "
+                    "expected a finite product > 0"
+                )
 
 
 def fit_neighbor_mass(

@@ -186,6 +186,14 @@ def test_weights_bad_options(data: tuple[np.ndarray, np.ndarray, np.ndarray]) ->
         ({"layer_weights": {"a": 0.0}}, "--layer-weights: a=0.0: expected a finite weight > 0"),
         ({"geometry_weights": {"cosine": float("inf")}}, "--geometry-weights: cosine=inf"),
         ({"layer_weights": {"a": float("nan")}}, "--layer-weights: a=nan"),
+        (
+            {"layer_weights": {"a": 1e200}, "geometry_weights": {"cosine": 1e200}},
+            "--layer-weights a times --geometry-weights cosine is inf: expected a finite product",
+        ),
+        (
+            {"layer_weights": {"a": 1e-200}, "geometry_weights": {"euclidean": 1e-200}},
+            "--layer-weights a times --geometry-weights euclidean is 0.0",
+        ),
     ]:
         with pytest.raises(InputError, match=match):
             fit_neighbor_mass({"a": ref}, y, **options)  # type: ignore[arg-type]
