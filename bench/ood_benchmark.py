@@ -264,7 +264,13 @@ def markdown(results: dict[str, Any]) -> str:
             "# MNIST open-set benchmark (6 known / 4 unknown classes)",
             "",
             f"Command: `{results['command']}`{' (quick run)' if cfg['quick'] else ''}. "
-            f"{len(splits)} splits (known classes by seed: {known}).",
+            f"{len(splits)} splits (known classes by seed: {known}"
+            + (
+                f"; training seeds {', '.join(str(s['training_seed']) for s in splits)}"
+                if any(s["training_seed"] != s["seed"] for s in splits)
+                else ""
+            )
+            + ").",
             "",
             f"Recipe (docs/experiments/mnist.md says how it was chosen): cnn2d"
             f"{' ' + json.dumps(cfg['net_kwargs']) if cfg.get('net_kwargs') else ''}, "
@@ -352,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="export and evaluate the runs already under --work"
     )
+    parser.add_argument(
+        "--training-seed-offset",
+        type=int,
+        default=0,
+        help="seed split s's training with s + this (default 0: the split's seed); another "
+        "offset trains other runs of the same splits",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -364,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "net_kwargs": args.net_kwargs, "train_kwargs": args.train_kwargs,
         "export_kwargs": args.export_kwargs,
         "quick": args.quick, "threads": args.threads, "reuse": args.reuse,
+        "training_seed_offset": args.training_seed_offset,
         "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s)",
     }  # fmt: skip
     results: dict[str, Any] = {
@@ -385,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(splits):
             split = run_split(
                 seed, data, work, layers=layers, quick=args.quick, reuse=args.reuse,
-                export_options=args.export_kwargs,
+                seed=seed + args.training_seed_offset, export_options=args.export_kwargs,
                 epochs=epochs, factor=args.factor, net_kwargs=args.net_kwargs,
                 **args.train_kwargs,
             )  # fmt: skip
